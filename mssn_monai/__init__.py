@@ -1,0 +1,12 @@
+"""mssn_monai: MSSN two-stage mitotic figure detection in H&E histology, as a MONAI Bundle.
+
+Coordinates everywhere are ``(x, y)`` = (column, row) in level-0 pixels; distances that matter
+clinically are in micrometres and converted once with each image's ``spacing`` (um/px).
+"""
+
+__version__ = "0.1.0"
+
+DEFAULT_SPACING_UM = 0.2456
+"""Pixel spacing in um/px assumed when none is given (40x Aperio, ICPR 2012)."""
+
+__all__ = ["__version__", "DEFAULT_SPACING_UM"]

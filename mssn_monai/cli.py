@@ -1,0 +1,214 @@
+"""Command line: ``python -m mssn_monai <command> --help``.
+
+Each command parses nothing itself (python-fire does) and calls one library function; errors in the
+input (a missing file, a row that does not parse, an unknown format) end the run with one line on
+stderr naming the file and the problem, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["synth", "prepare", "baseline", "evaluate", "demo", "main"]
+
+logger = logging.getLogger("mssn_monai")
+
+
+def synth(
+    out: str,
+    n_images: int = 8,
+    size: tuple[int, int] = (1024, 1024),
+    seed: int = 0,
+    spacing: float = 0.2455,
+    frames_per_slide: int = 4,
+) -> None:
+    """Generate synthetic H&E fields with mitoses and hard mimics, in the MITOS-ATYPIA-14 layout.
+
+    Typical usage::
+
+        python -m mssn_monai synth --out data/synth --n-images 20 --size 1024,1024 --seed 1
+
+    Args:
+        out: output root; ``<out>/Training Aperio/<slide>/frames/x40/<frame>.tiff`` plus
+            ``<slide>/mitosis/<frame>_mitosis.csv`` and ``_not_mitosis.csv``.
+        n_images: number of fields.
+        size: field width and height in pixels.
+        seed: random seed; the same seed gives the same files.
+        spacing: pixel spacing in um/px (0.2455 = the Aperio x40 frames of MITOS-ATYPIA-14, which
+            ``prepare --format mitos-atypia-14`` assumes by default).
+        frames_per_slide: fields per synthetic slide (a slide shares its stain and tissue look).
+    """
+    from mssn_monai.data.synthetic import generate_dataset
+
+    size = _parse_size(size)
+    files = generate_dataset(
+        out, n_images=n_images, size=size, seed=seed, spacing=spacing, frames_per_slide=frames_per_slide
+    )
+    print(f"wrote {len(files)} synthetic fields of {size[0]}x{size[1]} px under {out}")
+
+
+
+def prepare(
+    format: str,  # noqa: A002 - the public flag is --format
+    root: str,
+    out: str = "datalist.json",
+    annotations: str | None = None,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    spacing: float | None = None,
+) -> None:
+    """Read a public mitosis dataset in its published layout and write one MONAI-style datalist.
+
+    Typical usage::
+
+        python -m mssn_monai prepare --format mitos-atypia-14 --root data/synth --out data/synth/datalist.json
+
+    Args:
+        format: one of ``icpr2012``, ``mitos-atypia-14``, ``tupac16``, ``midog``.
+        root: the dataset's root folder.
+        out: datalist JSON to write (paths inside are relative to it).
+        annotations: the MIDOG JSON database (default: ``MIDOG++.json`` or ``MIDOG.json`` under ``root``).
+        val_fraction: fraction of slides/cases for ``validation``.
+        test_fraction: fraction of slides/cases for ``testing``.
+        seed: seed of the split.
+        spacing: pixel spacing in um/px for every image (default: the dataset's documented spacing).
+    """
+    from mssn_monai.data.prepare import prepare_datalist
+
+    datalist = prepare_datalist(
+        format,
+        root,
+        out,
+        annotations=annotations,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        spacing=spacing,
+    )
+    counts = ", ".join(
+        f"{k}: {len(v)} images / {sum(len(r['mitoses']) for r in v)} mitoses" for k, v in datalist.items()
+    )
+    print(f"wrote {out} ({counts})")
+
+
+
+def baseline(input: str, out: str, spacing: float | None = None) -> None:  # noqa: A002
+    """Classical, non-learned detector: colour deconvolution + Laplacian-of-Gaussian blobs + darkness.
+
+    Typical usage::
+
+        python -m mssn_monai baseline --input data/synth --out runs/baseline
+
+    Args:
+        input: an image file or a folder of images (searched recursively).
+        out: folder for ``<image stem>.csv`` rows ``x,y,score``.
+        spacing: pixel spacing in um/px (default 0.2456).
+    """
+    from mssn_monai.baseline import run_baseline
+
+    n = run_baseline(input, out, spacing=spacing)
+    print(f"wrote detections for {n} images to {out}")
+
+
+
+def evaluate(
+    datalist: str,
+    pred: str,
+    section: str = "testing",
+    radius_um: float = 8.0,
+    matching: str = "optimal",
+    threshold: float | None = None,
+    sweep: bool = False,
+    out: str | None = None,
+) -> None:
+    """Score detections against a datalist section: precision, recall, F1, counts per mm^2.
+
+    Typical usage::
+
+        python -m mssn_monai evaluate --datalist data/synth/datalist.json --pred runs/baseline --sweep
+
+    Args:
+        datalist: datalist JSON (``prepare`` writes it).
+        pred: folder of ``<image stem>.csv`` (``x,y,score``) or a JSON ``{image: [[x, y, score], ...]}``.
+        section: datalist section to score, or ``all``.
+        radius_um: match radius in micrometres (converted with each image's spacing).
+        matching: ``optimal`` (maximum one-to-one matching) or ``greedy`` (challenge scorers' rule).
+        threshold: keep detections with ``score >= threshold`` (default: keep all).
+        sweep: also report precision/recall/F1 over thresholds and the best threshold.
+        out: write the report as JSON here.
+    """
+    from mssn_monai.metrics import evaluate_predictions, format_report
+
+    report = evaluate_predictions(
+        datalist,
+        pred,
+        section=section,
+        radius_um=radius_um,
+        matching=matching,
+        threshold=threshold,
+        sweep=sweep,
+    )
+    print(format_report(report))
+    if out is not None:
+        from mssn_monai.io import write_json
+
+        write_json(out, report)
+        print(f"wrote {out}")
+
+
+def demo(out: str = "demo_out", n_images: int = 4, size: tuple[int, int] = (1024, 1024), seed: int = 2026) -> None:
+    """The main job on an embedded default: generate fields, detect, print per-image counts and metrics.
+
+    Until trained weights exist, the detector is the classical baseline.
+
+    Args:
+        out: working folder (synthetic data, datalist, detections, metrics).
+        n_images: number of synthetic fields.
+        size: field width and height in pixels.
+        seed: seed of the synthetic fields.
+    """
+    from mssn_monai.data.prepare import prepare_datalist
+    from mssn_monai.io import write_json
+
+    root = Path(out)
+    synth(str(root / "data"), n_images=n_images, size=size, seed=seed)
+    prepare_datalist(
+        "mitos-atypia-14", root / "data", root / "datalist.json", val_fraction=0.0, test_fraction=1.0, seed=seed
+    )
+    baseline(str(root / "data"), str(root / "baseline"))
+    from mssn_monai.metrics import evaluate_predictions, format_report
+
+    report = evaluate_predictions(root / "datalist.json", root / "baseline", section="testing", sweep=False)
+    print(format_report(report))
+    write_json(root / "metrics.json", report)
+    print(f"wrote {root / 'metrics.json'}")
+
+
+def _parse_size(size: tuple[int, int] | list[int] | str | int) -> tuple[int, int]:
+    if isinstance(size, str):
+        size = tuple(int(s) for s in size.replace("x", ",").split(","))
+    elif isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"--size must be two positive integers W H, got {size!r}")
+    return size  # type: ignore[return-value]
+
+
+COMMANDS = {"synth": synth, "prepare": prepare, "baseline": baseline, "evaluate": evaluate, "demo": demo}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run a command with python-fire; input errors end in one line and exit status 2."""
+    import fire
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        fire.Fire(COMMANDS, command=argv, name="mssn_monai")
+    except (ValueError, KeyError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
