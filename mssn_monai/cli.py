@@ -49,7 +49,6 @@ def synth(
     print(f"wrote {len(files)} synthetic fields of {size[0]}x{size[1]} px under {out}")
 
 
-
 def prepare(
     format: str,  # noqa: A002 - the public flag is --format
     root: str,
@@ -94,7 +93,6 @@ def prepare(
     print(f"wrote {out} ({counts})")
 
 
-
 def baseline(input: str, out: str, spacing: float | None = None) -> None:  # noqa: A002
     """Classical, non-learned detector: colour deconvolution + Laplacian-of-Gaussian blobs + darkness.
 
@@ -111,7 +109,6 @@ def baseline(input: str, out: str, spacing: float | None = None) -> None:  # noq
 
     n = run_baseline(input, out, spacing=spacing)
     print(f"wrote detections for {n} images to {out}")
-
 
 
 def evaluate(
