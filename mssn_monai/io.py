@@ -57,8 +57,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
         raise NotADirectoryError(f"{path.parent}: exists and is not a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)  # reopen by name: some writers (tifffile) need a file object with a real name
     try:
-        with os.fdopen(fd, mode, **kwargs) as f:
+        with open(tmp, mode, **kwargs) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
