@@ -1,0 +1,261 @@
+"""The datalist: one JSON file that every training, evaluation and inference command reads.
+
+Layout (MONAI style, readable by :func:`monai.data.load_decathlon_datalist` too)::
+
+    {
+      "training":   [{"image": "Training Aperio/A03/frames/x40/A03_00Aa.tiff",
+                      "mitoses": [[x, y], ...], "mimics": [[x, y], ...],
+                      "spacing": 0.2455, "group": "Training Aperio/A03"}, ...],
+      "validation": [...],
+      "testing":    [...]
+    }
+
+Points are ``(x, y)`` = (column, row) in level-0 pixels (floats), ``spacing`` is in um/px, ``group`` is the
+slide or case an image comes from. Image paths are written relative to the datalist's folder and read
+back as absolute paths. Splits are made per group, so fields of one slide never land in two sections:
+neighbouring fields share stain, scanner and patient, and splitting them would leak into the scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mssn_monai.io import read_json, write_json
+
+__all__ = ["DatalistKeys", "SECTIONS", "split_by_group", "write_datalist", "load_datalist"]
+
+logger = logging.getLogger(__name__)
+
+
+class DatalistKeys:
+    """Keys of a datalist record (plain strings, so that records stay plain JSON dictionaries)."""
+
+    IMAGE = "image"
+    """Image file; absolute in memory, relative to the datalist's folder on disk."""
+    MITOSES = "mitoses"
+    """``[[x, y], ...]`` mitotic figures, (column, row) in level-0 pixels."""
+    MIMICS = "mimics"
+    """``[[x, y], ...]`` annotated non-mitoses (hard negatives), same convention."""
+    SPACING = "spacing"
+    """Pixel spacing in um/px."""
+    GROUP = "group"
+    """Slide or case id; the unit of the train/validation/test split."""
+    MITOSIS_CONFIDENCE = "mitosis_confidence"
+    """Optional, one value per mitosis: annotators' agreement (MITOS-ATYPIA-14, 1.0 = all agreed)."""
+    MIMIC_CONFIDENCE = "mimic_confidence"
+    """Optional, one value per mimic, as above."""
+
+
+SECTIONS = ("training", "validation", "testing")
+"""Datalist sections, in the order they are written."""
+
+_RECORD_ORDER = (
+    DatalistKeys.IMAGE,
+    DatalistKeys.MITOSES,
+    DatalistKeys.MIMICS,
+    DatalistKeys.SPACING,
+    DatalistKeys.GROUP,
+    DatalistKeys.MITOSIS_CONFIDENCE,
+    DatalistKeys.MIMIC_CONFIDENCE,
+)
+
+
+def _check_fraction(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from e
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return value
+
+
+def _group_counts(n_groups: int, fractions: Mapping[str, float]) -> dict[str, int]:
+    """Groups per section: largest-remainder rounding, then at least one group per requested section."""
+    exact = {k: f * n_groups for k, f in fractions.items()}
+    counts = {k: int(math.floor(v + 1e-9)) for k, v in exact.items()}
+    leftover = n_groups - sum(counts.values())
+    # ties go to the section listed first (training, validation, testing): stable sort
+    by_remainder = sorted(fractions, key=lambda k: -(exact[k] - counts[k]))
+    for k in by_remainder[:leftover]:
+        counts[k] += 1
+    requested = [k for k, f in fractions.items() if f > 1e-12]
+    for k in requested:
+        if counts[k] > 0:
+            continue
+        donor = max(requested, key=lambda d: counts[d])
+        if counts[donor] > 1:
+            counts[donor] -= 1
+            counts[k] += 1
+    starved = [k for k in requested if counts[k] == 0]
+    if starved and n_groups > 0:
+        logger.warning(
+            "only %d group(s) to split: section(s) %s get no image although their fraction is > 0",
+            n_groups,
+            ", ".join(starved),
+        )
+    return counts
+
+
+def split_by_group(
+    records: Sequence[Mapping[str, Any]],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Split records into ``training`` / ``validation`` / ``testing`` so that each group stays whole.
+
+    The fractions count groups (slides or cases), not images. The groups are sorted, shuffled with
+    ``numpy.random.default_rng(seed)`` and cut: the first ones go to ``testing``, the next ones to
+    ``validation``, the rest to ``training``. Group counts are rounded by largest remainder; when there are
+    at least as many groups as sections with a fraction > 0, each of those sections gets one group or more.
+    A record without ``group`` is its own group (its image path). Records keep their input order within a
+    section and are copied, not modified.
+
+    Args:
+        records: datalist records, e.g. from a ``read_*`` function of :mod:`mssn_monai.data.formats`.
+        val_fraction: fraction of groups for ``validation``, in [0, 1].
+        test_fraction: fraction of groups for ``testing``, in [0, 1].
+        seed: seed of the shuffle; the same records and seed give the same split.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "testing": [...]}`` (all three keys, possibly empty).
+
+    Raises:
+        ValueError: a fraction outside [0, 1], or ``val_fraction + test_fraction > 1``.
+    """
+    val_fraction = _check_fraction("val_fraction", val_fraction)
+    test_fraction = _check_fraction("test_fraction", test_fraction)
+    if val_fraction + test_fraction > 1.0 + 1e-9:
+        raise ValueError(
+            f"val_fraction + test_fraction must be <= 1, got {val_fraction:g} + {test_fraction:g} "
+            f"= {val_fraction + test_fraction:g}"
+        )
+    train_fraction = max(0.0, 1.0 - val_fraction - test_fraction)
+
+    def group_of(record: Mapping[str, Any]) -> str:
+        return str(record.get(DatalistKeys.GROUP, record.get(DatalistKeys.IMAGE)))
+
+    groups = sorted({group_of(r) for r in records})
+    counts = _group_counts(
+        len(groups), {"training": train_fraction, "validation": val_fraction, "testing": test_fraction}
+    )
+    order = np.random.default_rng(seed).permutation(len(groups))
+    shuffled = [groups[i] for i in order]
+    n_test, n_val = counts["testing"], counts["validation"]
+    section_of = {g: "testing" for g in shuffled[:n_test]}
+    section_of.update({g: "validation" for g in shuffled[n_test : n_test + n_val]})
+    section_of.update({g: "training" for g in shuffled[n_test + n_val :]})
+
+    split: dict[str, list[dict[str, Any]]] = {k: [] for k in SECTIONS}
+    for record in records:
+        split[section_of[group_of(record)]].append(dict(record))
+    return split
+
+
+def _portable_record(record: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
+    if DatalistKeys.IMAGE not in record:
+        raise ValueError(f"{where}: record has no {DatalistKeys.IMAGE!r} key: {dict(record)!r}")
+    image = Path(os.fspath(record[DatalistKeys.IMAGE]))
+    if image.is_absolute():
+        try:
+            image = Path(os.path.relpath(image, base))
+        except ValueError:  # another drive on Windows: keep the absolute path
+            pass
+    out: dict[str, Any] = {DatalistKeys.IMAGE: image.as_posix()}
+    for key in _RECORD_ORDER[1:]:
+        if key in record:
+            out[key] = record[key]
+    for key, value in record.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+def write_datalist(datalist: Mapping[str, Iterable[Mapping[str, Any]]], out: str | os.PathLike) -> Path:
+    """Write a datalist as JSON, with image paths relative to the file's folder, atomically.
+
+    Records are written with their keys in the order ``image, mitoses, mimics, spacing, group`` (then any
+    optional keys such as ``mitosis_confidence``); the caller's records are not modified. Relative image
+    paths in the input are taken as already relative to ``out``'s folder.
+
+    Args:
+        datalist: ``{section: [record, ...]}``, e.g. from :func:`split_by_group`.
+        out: the JSON file to write; its folder is created when missing.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``datalist`` is not a mapping of lists of records with an ``image`` each
+            (checked before anything is written).
+    """
+    out = Path(out)
+    if not isinstance(datalist, Mapping):
+        raise ValueError(f"{out}: a datalist must map section names to lists of records, got {type(datalist)}")
+    # resolved on both sides (here and in load_datalist) so that ".." in a relative path means the same
+    # folder to the OS as it does lexically, even when the datalist's folder is reached through a symlink
+    base = out.expanduser().resolve().parent
+    portable: dict[str, list[dict[str, Any]]] = {}
+    for section, records in datalist.items():
+        if isinstance(records, (str, bytes, Mapping)) or not isinstance(records, Iterable):
+            raise ValueError(f"{out}: section {section!r} must be a list of records, got {type(records)}")
+        portable[str(section)] = [_portable_record(r, base, f"{out}: {section}[{i}]") for i, r in enumerate(records)]
+    write_json(out, portable)
+    return out
+
+
+def load_datalist(
+    path: str | os.PathLike, section: str | None = None
+) -> dict[str, list[dict[str, Any]]] | list[dict[str, Any]]:
+    """Read a datalist written by :func:`write_datalist` (or by hand), with absolute image paths.
+
+    Relative ``image`` paths are resolved against the datalist's folder; absolute ones are kept.
+
+    Args:
+        path: the datalist JSON file.
+        section: ``None`` for the whole ``{section: [records]}`` mapping; a section name (e.g.
+            ``"testing"``) for that section's records; ``"all"`` for every section's records concatenated
+            in file order.
+
+    Returns:
+        The mapping (``section=None``) or a list of records.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: not valid JSON, not a mapping of lists of records with an ``image`` each, or no such
+            section; the message names the file.
+    """
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a datalist must be a JSON object {{section: [records]}}, got {type(data).__name__}")
+    base = path.expanduser().resolve().parent
+    sections = {k: v for k, v in data.items() if isinstance(v, list)}
+    if section is not None and section != "all" and section not in sections:
+        available = ", ".join(repr(k) for k in sections) or "none"
+        raise ValueError(f"{path}: no section {section!r} in this datalist (sections: {available}, or 'all')")
+    wanted = list(sections) if section in (None, "all") else [section]
+    loaded: dict[str, list[dict[str, Any]]] = {}
+    for name in wanted:
+        records = []
+        for i, record in enumerate(sections[name]):
+            if not isinstance(record, dict) or DatalistKeys.IMAGE not in record:
+                raise ValueError(f"{path}: {name}[{i}] is not a record with an {DatalistKeys.IMAGE!r} key")
+            record = dict(record)
+            image = Path(os.fspath(record[DatalistKeys.IMAGE])).expanduser()
+            record[DatalistKeys.IMAGE] = str(image) if image.is_absolute() else os.path.normpath(base / image)
+            records.append(record)
+        loaded[name] = records
+    if section is None:
+        return loaded
+    if section == "all":
+        return [r for name in wanted for r in loaded[name]]
+    return loaded[section]
