@@ -156,7 +156,7 @@ def evaluate(
         print(f"wrote {out}")
 
 
-def demo(out: str = "demo_out", n_images: int = 4, size: tuple[int, int] = (1024, 1024), seed: int = 2026) -> None:
+def demo(out: str = "demo_out", n_images: int = 8, size: tuple[int, int] = (1024, 1024), seed: int = 2026) -> None:
     """The main job on an embedded default: generate fields, detect, print per-image counts and metrics.
 
     Until trained weights exist, the detector is the classical baseline.
