@@ -51,5 +51,6 @@ def test_bundle_files_exist():
 def test_cli_help_lists_commands():
     r = subprocess.run([sys.executable, "-m", "mssn_monai", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+    # python-fire writes its help to stderr
     for command in ("synth", "prepare", "baseline", "evaluate", "demo"):
-        assert command in r.stdout
+        assert command in r.stdout + r.stderr
