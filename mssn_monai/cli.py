@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["synth", "prepare", "baseline", "evaluate", "demo", "main"]
+__all__ = ["synth", "prepare", "baseline", "candidates", "evaluate", "demo", "main"]
 
 logger = logging.getLogger("mssn_monai")
 
@@ -111,6 +111,51 @@ def baseline(input: str, out: str, spacing: float | None = None) -> None:  # noq
     print(f"wrote detections for {n} images to {out}")
 
 
+def candidates(
+    input: str,  # noqa: A002
+    out: str,
+    checkpoint: str | None = None,
+    spacing: float | None = None,
+    threshold: float | None = None,
+    min_distance_um: float | None = None,
+    config: str | None = None,
+    device: str | None = None,
+) -> None:
+    """Stage 1 alone: write the FNR candidates of every image as ``OUT/<image stem>.csv`` (``x,y,score``).
+
+    Typical usage::
+
+        python -m mssn_monai candidates --input data/synth --out runs/candidates --checkpoint bundle/models/fnr.pt
+
+    Args:
+        input: an image file or a folder of images (searched recursively).
+        out: output folder.
+        checkpoint: stage-1 weights (default ``bundle/models/fnr.pt``).
+        spacing: pixel spacing in um/px (default 0.2456).
+        threshold: candidate probability threshold (default: the config's ``candidate_threshold``).
+        min_distance_um: minimum distance between candidates (default: the config's ``min_distance_um``).
+        config: bundle config that defines ``fnr_def`` (default ``bundle/configs/train.json``).
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+    """
+    import torch
+
+    from mssn_monai import DEFAULT_SPACING_UM
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network
+    from mssn_monai.inference import run_candidates
+
+    config = config or str(DEFAULT_BUNDLE / "configs" / "train.json")
+    checkpoint = checkpoint or str(DEFAULT_BUNDLE / "models" / "fnr.pt")
+    parser = bundle_config(config)
+    threshold = float(parser.get("candidate_threshold", 0.5) if threshold is None else threshold)
+    min_distance_um = float(parser.get("min_distance_um", 4.0) if min_distance_um is None else min_distance_um)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    network = load_network(checkpoint, config, "fnr_def", device)
+    n = run_candidates(
+        network, input, out, DEFAULT_SPACING_UM if spacing is None else float(spacing), threshold, min_distance_um
+    )
+    print(f"wrote stage-1 candidates (threshold {threshold}) for {n} images to {out}")
+
+
 def evaluate(
     datalist: str,
     pred: str,
@@ -195,7 +240,14 @@ def _parse_size(size: tuple[int, int] | list[int] | str | int) -> tuple[int, int
     return size  # type: ignore[return-value]
 
 
-COMMANDS = {"synth": synth, "prepare": prepare, "baseline": baseline, "evaluate": evaluate, "demo": demo}
+COMMANDS = {
+    "synth": synth,
+    "prepare": prepare,
+    "baseline": baseline,
+    "candidates": candidates,
+    "evaluate": evaluate,
+    "demo": demo,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,91 @@
+"""Build a network from the bundle's config and load its weights, with errors that say what is wrong."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_BUNDLE", "bundle_config", "load_state_dict", "load_network", "latest_checkpoint"]
+
+DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+"""The bundle folder of a source checkout (``<repo>/bundle``)."""
+
+
+def bundle_config(config_file: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> Any:
+    """Parse a bundle config with ``monai.bundle.ConfigParser`` (``bundle_root`` overridden when given)."""
+    from monai.bundle import ConfigParser
+
+    config_file = Path(config_file)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{config_file}: no such bundle config")
+    parser = ConfigParser()
+    try:
+        parser.read_config(str(config_file))
+    except ValueError as e:
+        raise ValueError(f"{config_file}: cannot parse bundle config ({e})") from e
+    if bundle_root is not None:
+        parser["bundle_root"] = str(bundle_root)
+    return parser
+
+
+def load_state_dict(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Module:
+    """Load a state dict saved on any device into ``network`` (strict), with clear errors.
+
+    Raises:
+        FileNotFoundError: missing checkpoint.
+        ValueError: the file is not a PyTorch checkpoint, or its keys or shapes do not match ``network``.
+    """
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises pickle, zip and runtime errors alike
+        raise ValueError(f"{checkpoint}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        detail = " ".join(line.strip() for line in str(e).splitlines()[1:4])
+        raise ValueError(
+            f"{checkpoint}: does not match the {type(network).__name__} built from the config ({first} {detail})"
+        ) from e
+    return network
+
+
+def load_network(
+    checkpoint: str | os.PathLike,
+    config_file: str | os.PathLike,
+    network_id: str = "fnr_def",
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Instantiate ``network_id`` from a bundle config, load ``checkpoint``, move to ``device``, eval mode."""
+    parser = bundle_config(config_file)
+    if network_id not in parser:
+        raise KeyError(f"{config_file}: has no {network_id!r}")
+    network = parser.get_parsed_content(network_id, instantiate=True)
+    load_state_dict(network, checkpoint)
+    return network.to(device).eval()
+
+
+def latest_checkpoint(directory: str | os.PathLike, prefix: str) -> str | None:
+    """Path of the newest ``<prefix>_checkpoint_epoch=<n>.pt`` (MONAI ``CheckpointSaver`` naming), or ``None``."""
+    import re
+
+    pattern = re.compile(rf"^{re.escape(prefix)}_checkpoint_epoch=(\d+)\.pt$")
+    found = []
+    directory = Path(directory)
+    if directory.is_dir():
+        for p in directory.iterdir():
+            m = pattern.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+    return str(max(found)[1]) if found else None

@@ -1,0 +1,38 @@
+"""Batch preparation for the Ignite engines (MONAI ``prepare_batch`` callables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["PrepareBatchPoints"]
+
+
+class PrepareBatchPoints:
+    """``prepare_batch`` for whole-image evaluation with point ground truth.
+
+    Takes a collated batch of records loaded by ``LoadRGBd`` (``image`` ``(B, 3, H, W)``, ``mitoses``
+    ``(B, N, 2)``, ``spacing`` ``(B,)``; batch size 1 in practice, since fields differ in size and in
+    their number of mitoses) and returns ``(image, targets, (), {"spacing": [...]})``: the evaluator
+    passes ``spacing`` on to the inferer, and ``targets`` is a list of ``{"mitoses": (N, 2) numpy,
+    "spacing": float}`` that metrics read.
+    """
+
+    def __call__(
+        self, batchdata: dict[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, list[dict[str, Any]], tuple, dict[str, Any]]:
+        for key in ("image", "mitoses", "spacing"):
+            if key not in batchdata:
+                raise KeyError(f"batch has no {key!r} (keys: {sorted(batchdata)}); load records with LoadRGBd")
+        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+        spacing = [float(s) for s in torch.as_tensor(batchdata["spacing"]).reshape(-1)]
+        mitoses = batchdata["mitoses"]
+        if isinstance(mitoses, torch.Tensor) and mitoses.ndim == 3:
+            mitoses = list(mitoses)
+        targets = [
+            {"mitoses": np.asarray(torch.as_tensor(m).cpu(), dtype=np.float64).reshape(-1, 2), "spacing": s}
+            for m, s in zip(mitoses, spacing, strict=True)
+        ]
+        return image, targets, (), {"spacing": spacing}

@@ -1,0 +1,37 @@
+"""MONAI-style transforms for colour domain shift: stain and HSV jitter, stain normalisation.
+
+Array transforms (:mod:`~mssn_monai.transforms.array`) do the work; dictionary transforms
+(:mod:`~mssn_monai.transforms.dictionary`, suffix ``d``) wrap them for ``Compose`` chains in the bundle.
+"""
+
+from mssn_monai.transforms.array import (
+    MACENKO_REFERENCE_MAX_CONCENTRATIONS,
+    MACENKO_REFERENCE_STAINS,
+    MIN_INTENSITY,
+    RUIFROK_HED_FROM_RGB,
+    RUIFROK_RGB_FROM_HED,
+    NormalizeHEStain,
+    RandHEStainJitter,
+    RandHSVJitter,
+    estimate_he_stains,
+    od_to_rgb,
+    rgb_to_od,
+)
+from mssn_monai.transforms.dictionary import NormalizeHEStaind, RandHEStainJitterd, RandHSVJitterd
+
+__all__ = [
+    "MACENKO_REFERENCE_MAX_CONCENTRATIONS",
+    "MACENKO_REFERENCE_STAINS",
+    "MIN_INTENSITY",
+    "RUIFROK_HED_FROM_RGB",
+    "RUIFROK_RGB_FROM_HED",
+    "NormalizeHEStain",
+    "NormalizeHEStaind",
+    "RandHEStainJitter",
+    "RandHEStainJitterd",
+    "RandHSVJitter",
+    "RandHSVJitterd",
+    "estimate_he_stains",
+    "od_to_rgb",
+    "rgb_to_od",
+]

@@ -1,0 +1,58 @@
+"""Loading whole fields for evaluation and inference: image file -> ``(3, H, W)`` float tensor in [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+
+from mssn_monai.io import read_image_rgb
+
+__all__ = ["LoadRGB", "LoadRGBd"]
+
+
+class LoadRGB(Transform):
+    """Read an image file as a channel-first float32 RGB tensor ``(3, H, W)`` in [0, 1].
+
+    Grayscale, RGBA, 16-bit and float files are converted as :func:`mssn_monai.io.read_image_rgb` says.
+    """
+
+    def __call__(self, path: str) -> torch.Tensor:
+        image = read_image_rgb(path)
+        return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0).contiguous()
+
+
+class LoadRGBd(MapTransform):
+    """Dictionary version of :class:`LoadRGB`; also turns point lists into ``(N, 2)`` float32 arrays.
+
+    The file path is kept under ``"<key>_path"``.
+
+    Args:
+        keys: image keys to load (default ``"image"``).
+        point_keys: keys holding ``[[x, y], ...]`` lists (default ``mitoses`` and ``mimics``); missing
+            ones become empty ``(0, 2)`` arrays so that records collate alike.
+        allow_missing_keys: don't raise when an image key is absent.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "image",
+        point_keys: Sequence[str] = ("mitoses", "mimics"),
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadRGB()
+        self.point_keys = tuple(point_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[f"{key}_path"] = str(d[key])
+            d[key] = self.loader(d[key])
+        for key in self.point_keys:
+            d[key] = np.asarray(d.get(key, []), dtype=np.float32).reshape(-1, 2)
+        return d

@@ -1,0 +1,114 @@
+"""End to end: the bundle's train.json trains stage 1 on generated fields, resumes, and feeds `candidates`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mssn_monai.checkpoints import load_network
+from mssn_monai.io import read_detections_csv
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    return r
+
+
+@pytest.mark.slow
+def test_train_resume_and_candidates(tmp_path):
+    data = tmp_path / "data"  # seed 3: two mitoses land in the training split
+    _run(
+        "-m",
+        "mssn_monai",
+        "synth",
+        "--out",
+        str(data),
+        "--n-images",
+        "6",
+        "--size",
+        "256,256",
+        "--seed",
+        "3",
+        "--frames-per-slide",
+        "2",
+        cwd=tmp_path,
+    )
+    _run(
+        "-m",
+        "mssn_monai",
+        "prepare",
+        "--format",
+        "mitos-atypia-14",
+        "--root",
+        str(data),
+        "--out",
+        str(data / "datalist.json"),
+        "--val-fraction",
+        "0.34",
+        "--test-fraction",
+        "0",
+        cwd=tmp_path,
+    )
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
+    common = [
+        "--config_file",
+        str(bundle / "configs" / "train.json"),
+        "--bundle_root",
+        str(bundle),
+        "--dataset_dir",
+        str(data),
+        "--mining_epoch",
+        "1",
+        "--val_interval",
+        "1",
+        "--samples_per_epoch",
+        "32",
+        "--batch_size",
+        "16",
+        "--num_workers",
+        "0",
+    ]
+    first = _run("-m", "monai.bundle", "run", "training", *common, "--epochs", "1", cwd=tmp_path)
+    assert "val_candidate_recall" in first.stdout + first.stderr
+    assert "hard-negative mining round 1" in first.stdout + first.stderr
+    fnr = bundle / "models" / "fnr.pt"
+    assert fnr.is_file()
+    epoch1 = {k: v.clone() for k, v in torch.load(fnr, map_location="cpu").items()}
+
+    second = _run("-m", "monai.bundle", "run", *common, "--epochs", "2", cwd=tmp_path)
+    log = second.stdout + second.stderr
+    assert "Restored all variables" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    epoch2 = torch.load(fnr, map_location="cpu")
+    assert any(not torch.equal(epoch1[k], epoch2[k]) for k in epoch1)
+
+    network = load_network(fnr, bundle / "configs" / "train.json")
+    assert not network.training
+    out = tmp_path / "cand"
+    _run(
+        "-m",
+        "mssn_monai",
+        "candidates",
+        "--input",
+        str(data),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(fnr),
+        "--config",
+        str(bundle / "configs" / "train.json"),
+        "--threshold",
+        "0.0",
+        cwd=tmp_path,
+    )
+    csvs = sorted(out.glob("*.csv"))
+    assert len(csvs) == 6
+    assert all(read_detections_csv(p).shape[1] == 3 for p in csvs)
