@@ -67,13 +67,13 @@ def load_network(
     network_id: str = "fnr_def",
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Instantiate ``network_id`` from a bundle config, load ``checkpoint``, move to ``device``, eval mode."""
+    """Instantiate ``network_id`` from a bundle config, load ``checkpoint``; channels-last on ``device``, eval mode."""
     parser = bundle_config(config_file)
     if network_id not in parser:
         raise KeyError(f"{config_file}: has no {network_id!r}")
     network = parser.get_parsed_content(network_id, instantiate=True)
     load_state_dict(network, checkpoint)
-    return network.to(device).eval()
+    return network.to(device=device, memory_format=torch.channels_last).eval()
 
 
 def latest_checkpoint(directory: str | os.PathLike, prefix: str) -> str | None:

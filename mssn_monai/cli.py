@@ -23,6 +23,7 @@ def synth(
     seed: int = 0,
     spacing: float = 0.2455,
     frames_per_slide: int = 4,
+    style: str = "default",
 ) -> None:
     """Generate synthetic H&E fields with mitoses and hard mimics, in the MITOS-ATYPIA-14 layout.
 
@@ -39,12 +40,20 @@ def synth(
         spacing: pixel spacing in um/px (0.2455 = the Aperio x40 frames of MITOS-ATYPIA-14, which
             ``prepare --format mitos-atypia-14`` assumes by default).
         frames_per_slide: fields per synthetic slide (a slide shares its stain and tissue look).
+        style: ``default``, or ``shifted`` for another lab's and scanner's look (stain hues and amounts
+            outside the default range, tone curve, blur, noise, JPEG): a domain-shift test set.
     """
     from mssn_monai.data.synthetic import generate_dataset
 
     size = _parse_size(size)
     files = generate_dataset(
-        out, n_images=n_images, size=size, seed=seed, spacing=spacing, frames_per_slide=frames_per_slide
+        out,
+        n_images=n_images,
+        size=size,
+        seed=seed,
+        spacing=spacing,
+        frames_per_slide=frames_per_slide,
+        style=style,
     )
     print(f"wrote {len(files)} synthetic fields of {size[0]}x{size[1]} px under {out}")
 

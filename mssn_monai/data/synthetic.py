@@ -76,6 +76,8 @@ class StainStyle:
         white: RGB of an empty pixel (0-255, the scanner's white point).
         blur_um: Gaussian blur sigma in um (focus).
         noise: standard deviation of additive sensor noise in 8-bit units.
+        gamma: per-channel tone curve of the scanner, ``out = 255 (in / 255) ** gamma`` (1 = linear).
+        jpeg_quality: JPEG compression quality of the scanner's output, or ``None`` for none.
     """
 
     stain_h: np.ndarray
@@ -85,6 +87,8 @@ class StainStyle:
     white: np.ndarray
     blur_um: float
     noise: float
+    gamma: np.ndarray = field(default_factory=lambda: np.ones(3))
+    jpeg_quality: int | None = None
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> StainStyle:
@@ -101,6 +105,28 @@ class StainStyle:
             noise=float(rng.uniform(1.0, 4.0)),
         )
 
+    @classmethod
+    def shifted(cls, rng: np.random.Generator) -> StainStyle:
+        """Another lab and scanner: a look outside :meth:`random`'s range, for domain-shift tests.
+
+        Stain hues drawn twice as far from the reference, stronger or weaker staining, a tinted white
+        point, a non-linear per-channel tone curve, softer focus, more noise and JPEG compression.
+        Training on :meth:`random` fields and testing on these measures robustness to a new scanner.
+        """
+        stain_h = _unit(_H_REF + rng.normal(0.0, 0.14, 3))
+        stain_e = _unit(_E_REF + rng.normal(0.0, 0.14, 3))
+        return cls(
+            stain_h=np.abs(stain_h),
+            stain_e=np.abs(stain_e),
+            amount_h=float(rng.choice([rng.uniform(0.55, 0.75), rng.uniform(1.3, 1.7)])),
+            amount_e=float(rng.choice([rng.uniform(0.4, 0.6), rng.uniform(1.4, 1.9)])),
+            white=np.clip(rng.normal(232.0, 12.0, 3), 195.0, 255.0),
+            blur_um=float(rng.uniform(0.5, 0.9)),
+            noise=float(rng.uniform(3.0, 6.0)),
+            gamma=rng.uniform(0.75, 1.35, 3),
+            jpeg_quality=int(rng.integers(55, 85)),
+        )
+
     def jittered(self, rng: np.random.Generator) -> StainStyle:
         """The same slide seen in another field: small changes of amounts, focus and noise."""
         return StainStyle(
@@ -108,9 +134,11 @@ class StainStyle:
             stain_e=self.stain_e,
             amount_h=self.amount_h * float(rng.uniform(0.93, 1.07)),
             amount_e=self.amount_e * float(rng.uniform(0.93, 1.07)),
-            white=np.clip(self.white + rng.normal(0.0, 2.0, 3), 210.0, 255.0),
+            white=np.clip(self.white + rng.normal(0.0, 2.0, 3), min(210.0, float(self.white.min()) - 10.0), 255.0),
             blur_um=max(0.0, self.blur_um + float(rng.normal(0.0, 0.04))),
             noise=self.noise,
+            gamma=self.gamma,
+            jpeg_quality=self.jpeg_quality,
         )
 
 
@@ -172,6 +200,7 @@ def generate_dataset(
     spacing: float = 0.2455,
     frames_per_slide: int = 4,
     split_name: str = "Training Aperio",
+    style: str = "default",
 ) -> list[Path]:
     """Write ``n_images`` synthetic fields in the MITOS-ATYPIA-14 layout (see module docstring).
 
@@ -185,6 +214,8 @@ def generate_dataset(
         spacing: pixel spacing in um/px.
         frames_per_slide: fields per slide.
         split_name: the top folder (``"<Training|Testing> <Aperio|Hamamatsu>"``).
+        style: ``"default"`` (:meth:`StainStyle.random`) or ``"shifted"`` (:meth:`StainStyle.shifted`: another
+            lab and scanner, for domain-shift tests).
 
     Returns:
         the image paths written.
@@ -193,6 +224,9 @@ def generate_dataset(
         raise ValueError(f"n_images must be >= 1, got {n_images!r}")
     if frames_per_slide < 1:
         raise ValueError(f"frames_per_slide must be >= 1, got {frames_per_slide!r}")
+    styles = {"default": StainStyle.random, "shifted": StainStyle.shifted}
+    if style not in styles:
+        raise ValueError(f"unknown style {style!r}, expected one of {sorted(styles)}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a directory")
@@ -202,13 +236,13 @@ def generate_dataset(
     written: list[Path] = []
     for s in range(n_slides):
         rng = np.random.default_rng(slide_seeds[s])
-        style = StainStyle.random(rng)
+        slide_style = styles[style](rng)
         rate = float(rng.choice([0.6, 1.5, 2.5, 4.0]))  # slide grade
         slide = f"S{seed % 10000:04d}{s:03d}"
         slide_dir = out / split_name / slide
         for f in range(min(frames_per_slide, n_images - s * frames_per_slide)):
             name = f"{slide}_{f:02d}"
-            fld = generate_field(size, rng, spacing, style.jittered(rng), mitosis_rate=rate)
+            fld = generate_field(size, rng, spacing, slide_style.jittered(rng), mitosis_rate=rate)
             image_path = slide_dir / "frames" / "x40" / f"{name}.tiff"
             write_image(image_path, fld.image)
             _write_points(slide_dir / "mitosis" / f"{name}_mitosis.csv", fld.mitoses)
@@ -584,7 +618,25 @@ class _FieldPainter:
         if sigma > 0.2:
             rgb = ndimage.gaussian_filter(rgb, (sigma, sigma, 0))
         rgb += self.rng.normal(0.0, style.noise, rgb.shape).astype(np.float32)
-        return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        gamma = np.asarray(style.gamma, dtype=np.float32)
+        if not np.allclose(gamma, 1.0):
+            rgb = 255.0 * (np.clip(rgb, 0, 255) / 255.0) ** gamma[None, None]
+        out = np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+        if style.jpeg_quality is not None:
+            out = _jpeg_roundtrip(out, style.jpeg_quality)
+        return out
+
+
+def _jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 def _rot(angle: float) -> np.ndarray:
