@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["PrepareBatchPoints"]
+__all__ = ["PrepareBatchPoints", "PrepareBatchClass"]
 
 
 class PrepareBatchPoints:
@@ -36,3 +36,23 @@ class PrepareBatchPoints:
             for m, s in zip(mitoses, spacing, strict=True)
         ]
         return image, targets, (), {"spacing": spacing}
+
+
+class PrepareBatchClass:
+    """``prepare_batch`` for stage 2: ``(image, class)`` from a ``PatchSampleDataset`` batch.
+
+    The Siamese loss and the nearest-reference metrics need the three-way class (0 background,
+    1 mitosis, 2 mimic), not the binary ``label`` that stage 1 trains on.
+    """
+
+    def __init__(self, class_key: str = "class") -> None:
+        self.class_key = class_key
+
+    def __call__(
+        self, batchdata: dict[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.class_key not in batchdata:
+            raise KeyError(f"batch has no {self.class_key!r} (keys: {sorted(batchdata)})")
+        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+        classes = torch.as_tensor(batchdata[self.class_key]).reshape(-1).long().to(device=device)
+        return image, classes

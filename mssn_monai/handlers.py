@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,16 @@ from ignite.metrics import Metric
 from mssn_monai.networks.fnr import FUSED_KEY
 from mssn_monai.ops.matching import match_points
 
-__all__ = ["CandidateRecall", "CandidatesPerImage", "EpochSetter", "HardNegativeMiner", "false_positive_points"]
+__all__ = [
+    "CandidateRecall",
+    "CandidatesPerImage",
+    "EpochSetter",
+    "HardNegativeMiner",
+    "false_positive_points",
+    "NearestReferenceAccuracy",
+    "ReferenceBankRefresh",
+    "TwoStageValidation",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -194,3 +204,199 @@ class HardNegativeMiner:
         self.rounds += 1
         logger.info("hard-negative mining round %d: %d new points over %d images", self.rounds, added, len(records))
         return added
+
+
+def _classes_only(output: dict[str, Any]) -> tuple[Any, Any]:
+    return output["pred"], output["label"]
+
+
+class NearestReferenceAccuracy(Metric):
+    """Accuracy of the nearest-reference class, for one class or all, on held-out patches (stage 2).
+
+    ``update((similarities (B, 3), classes (B,)))``: the predicted class is the one with the highest
+    similarity (``ClassSimilarityInferer`` output). With ``class_index`` set, only patches of that
+    class count (per-class accuracy = recall of that class); ``None`` counts all.
+    """
+
+    def __init__(
+        self, class_index: int | None = None, output_transform: Callable = _classes_only, device: str = "cpu"
+    ) -> None:
+        self.class_index = class_index
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._correct = self._total = 0
+
+    def update(self, output: Sequence[Any]) -> None:
+        sims, classes = output
+        pred = torch.as_tensor(sims).argmax(dim=1).cpu()
+        target = torch.as_tensor(classes).reshape(-1).long().cpu()
+        mask = torch.ones_like(target, dtype=torch.bool) if self.class_index is None else target == self.class_index
+        self._correct += int((pred[mask] == target[mask]).sum())
+        self._total += int(mask.sum())
+
+    def compute(self) -> float:
+        return self._correct / self._total if self._total else float("nan")
+
+
+class ReferenceBankRefresh:
+    """Rebuild the Siamese network's reference bank from un-augmented reference patches.
+
+    Embeds every sample of ``dataset`` (a ``PatchSampleDataset`` without augmentation, class key
+    ``"class"``) in eval mode and calls ``network.build_references(embeddings, classes, per_class)``.
+    Attached to an evaluator it runs when validation starts, so similarities use the current weights;
+    attached to a trainer with ``event="COMPLETED"`` it leaves the final bank in the saved weights.
+
+    Args:
+        network: a ``SiameseEmbedding``.
+        dataset: reference patches; its epoch is fixed to ``epoch`` so the bank is reproducible.
+        per_class: references kept per class.
+        batch_size: embedding batch size.
+        event: Ignite event name to run on (``STARTED``, ``EPOCH_COMPLETED``, ``COMPLETED``).
+        epoch: the dataset epoch the references are drawn from.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        dataset: Any,
+        per_class: int = 8,
+        batch_size: int = 64,
+        event: str = "STARTED",
+        epoch: int = 0,
+    ) -> None:
+        if not hasattr(network, "build_references"):
+            raise TypeError(f"{type(network).__name__} has no build_references(); expected a SiameseEmbedding")
+        if per_class < 1 or batch_size < 1:
+            raise ValueError(f"per_class and batch_size must be >= 1, got {per_class}, {batch_size}")
+        self.network = network
+        self.dataset = dataset
+        self.per_class = int(per_class)
+        self.batch_size = int(batch_size)
+        self.event = Events[event.upper()]
+        self.epoch = int(epoch)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(self.event, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        self.refresh()
+
+    def refresh(self) -> None:
+        from torch.utils.data import DataLoader
+
+        device = next(self.network.parameters()).device
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        embeddings, classes = [], []
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            with torch.inference_mode():
+                for batch in loader:
+                    embeddings.append(self.network(batch["image"].to(device)))
+                    classes.append(torch.as_tensor(batch["class"]).reshape(-1))
+        finally:
+            self.network.train(was_training)
+        self.network.build_references(torch.cat(embeddings), torch.cat(classes).to(device), self.per_class)
+        logger.info(
+            "reference bank rebuilt from %d patches (%d per class kept)", sum(map(len, classes)), self.per_class
+        )
+
+
+class TwoStageValidation:
+    """Detection after both stages on held-out fields; also fits the score calibration there.
+
+    When it runs (at the end of training by default), it rebuilds the reference bank, runs the FNR
+    candidates and the FPR vote on every record, scores the kept detections (precision / recall / F1
+    within ``radius_um``, micro over images, as ``mssn_monai.metrics``) and the FNR alone, fits
+    ``p = sigmoid(a * votes + b)`` by Platt scaling on the candidates (label 1 = matched to a mitosis),
+    stores the calibration in the network and puts the numbers in ``engine.state.metrics``
+    (``fields_f1``, ``fields_precision``, ``fields_recall``, ``fields_fnr_fp``, ``fields_fpr_fp``).
+
+    Args:
+        fnr: the stage-1 network.
+        fpr: the stage-2 network.
+        data: held-out records (``image``, ``mitoses``, ``spacing``).
+        reference_refresh: a :class:`ReferenceBankRefresh` run first (``None``: keep the current bank).
+        threshold, min_distance_um, vote_radius_px: the detector's settings.
+        radius_um: match radius in micrometres.
+        event: Ignite event to run on.
+    """
+
+    def __init__(
+        self,
+        fnr: torch.nn.Module,
+        fpr: torch.nn.Module,
+        data: Sequence[dict[str, Any]],
+        reference_refresh: ReferenceBankRefresh | None = None,
+        threshold: float = 0.5,
+        min_distance_um: float = 4.0,
+        vote_radius_px: float = 2.0,
+        radius_um: float = 8.0,
+        event: str = "COMPLETED",
+    ) -> None:
+        self.fnr, self.fpr, self.data = fnr, fpr, list(data)
+        self.reference_refresh = reference_refresh
+        self.threshold = float(threshold)
+        self.min_distance_um = float(min_distance_um)
+        self.vote_radius_px = float(vote_radius_px)
+        self.radius_um = float(radius_um)
+        self.event = Events[event.upper()]
+        self.results: dict[str, float] = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(self.event, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        self.results = self.run()
+        if engine is not None:
+            engine.state.metrics.update(self.results)
+        logger.info(
+            "two-stage detection on %d held-out fields: %s",
+            len(self.data),
+            ", ".join(f"{k} {v:.4g}" for k, v in self.results.items()),
+        )
+
+    def run(self) -> dict[str, float]:
+        from mssn_monai.inference import detect_two_stage
+        from mssn_monai.io import read_image_rgb
+        from mssn_monai.metrics import evaluate_predictions
+        from mssn_monai.networks.fpr import fit_calibration
+
+        if not self.data:
+            return {}
+        if self.reference_refresh is not None:
+            self.reference_refresh.refresh()
+        detections, candidates = {}, {}
+        all_votes, all_labels = [], []
+        for rec in self.data:
+            image = read_image_rgb(rec["image"])
+            spacing = float(rec["spacing"])
+            out = detect_two_stage(
+                self.fnr, self.fpr, image, spacing, self.threshold, self.min_distance_um, self.vote_radius_px
+            )
+            stem = Path(rec["image"]).stem
+            detections[stem], candidates[stem] = out["detections"], out["candidates"]
+            gt = np.asarray(rec["mitoses"], dtype=np.float64).reshape(-1, 2)
+            match = match_points(gt, out["candidates"][:, :2], self.radius_um / spacing)
+            labels = np.zeros(len(out["candidates"]))
+            labels[match.det_idx] = 1.0
+            all_votes.append(out["votes"])
+            all_labels.append(labels)
+        votes = torch.as_tensor(np.concatenate(all_votes), dtype=torch.float32)
+        labels = torch.as_tensor(np.concatenate(all_labels), dtype=torch.float32)
+        if len(votes) and 0 < float(labels.sum()) < len(labels):
+            a, b = fit_calibration(votes, labels)
+            self.fpr.set_calibration(float(a), float(b))
+        both = evaluate_predictions(self.data, detections, radius_um=self.radius_um)["overall"]
+        stage1 = evaluate_predictions(self.data, candidates, radius_um=self.radius_um)["overall"]
+        return {
+            "fields_precision": both["precision"],
+            "fields_recall": both["recall"],
+            "fields_f1": both["f1"],
+            "fields_fnr_fp": float(stage1["fp"]),
+            "fields_fpr_fp": float(both["fp"]),
+            "fields_fnr_recall": stage1["recall"],
+        }

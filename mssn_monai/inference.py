@@ -17,10 +17,18 @@ import torch
 from torch import nn
 
 from mssn_monai.io import list_images, read_image_rgb, write_detections_csv
-from mssn_monai.networks.fnr import FUSED_KEY, OUTPUT_STRIDE
+from mssn_monai.networks.fnr import FUSED_KEY, OUTPUT_STRIDE, extract_patches
 from mssn_monai.ops.peaks import find_peaks
 
-__all__ = ["image_to_tensor", "fnr_probability_maps", "maps_to_candidates", "fnr_candidates", "run_candidates"]
+__all__ = [
+    "image_to_tensor",
+    "fnr_probability_maps",
+    "maps_to_candidates",
+    "fnr_candidates",
+    "run_candidates",
+    "fpr_score_candidates",
+    "detect_two_stage",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -35,29 +43,56 @@ def image_to_tensor(image: np.ndarray, device: torch.device | str | None = None)
 
 
 def fnr_probability_maps(
-    network: nn.Module, image: np.ndarray, device: torch.device | str | None = None
+    network: nn.Module,
+    image: np.ndarray,
+    device: torch.device | str | None = None,
+    tile_px: int = 2048,
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Dense probability map of every sub-model and the fused map for one image.
+    """Dense probability map of every sub-model and the fused map for one image, tile by tile.
+
+    The image is processed in tiles of about ``tile_px`` x ``tile_px`` pixels of output, each read with
+    its patch context (60 px around it, mirrored only at the image's own borders), so the stitched maps
+    equal the maps of the whole image at once (``MultiScaleFNR.forward_region``) while memory stays
+    bounded by the tile size: a 6000x5000 region or a larger one works like a 2048x2048 field. Peaks
+    are then found on the stitched map, so a mitosis on a tile seam is reported exactly once.
 
     Args:
-        network: a ``MultiScaleFNR``; it is run in eval mode and left in the mode it had.
+        network: a ``MultiScaleFNR``; run in eval mode and left in the mode it had.
         image: ``(H, W, 3)`` uint8 RGB.
         device: where to run (default: the network's device).
+        tile_px: output tile size in pixels (rounded down to a multiple of 4, at least 4).
+        progress: show a progress bar over tiles.
 
     Returns:
         ``{name: (ceil(H/4), ceil(W/4)) float32}``; cell ``[i, j]`` is the patch centred at pixel
         ``(x, y) = (4 j, 4 i)``.
     """
+    from tqdm import tqdm
+
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
     if device is None:
         device = next(network.parameters()).device
+    h, w = image.shape[:2]
+    n_rows, n_cols = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
+    step = max(int(tile_px) // OUTPUT_STRIDE, 1)
+    source = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0).to(device)
+    tiles = [(r, c) for r in range(0, n_rows, step) for c in range(0, n_cols, step)]
+    maps: dict[str, np.ndarray] = {}
     was_training = network.training
     network.eval()
     try:
         with torch.inference_mode():
-            maps = network(image_to_tensor(image, device))
+            for r0, c0 in tqdm(tiles, desc="tiles", unit="tile", disable=not progress or len(tiles) < 2, leave=False):
+                rows, cols = min(step, n_rows - r0), min(step, n_cols - c0)
+                for name, m in network.forward_region(source, r0, rows, c0, cols).items():
+                    if name not in maps:
+                        maps[name] = np.empty((n_rows, n_cols), np.float32)
+                    maps[name][r0 : r0 + rows, c0 : c0 + cols] = m[0, 0].float().cpu().numpy()
     finally:
         network.train(was_training)
-    return {k: v[0, 0].float().cpu().numpy() for k, v in maps.items()}
+    return maps
 
 
 def maps_to_candidates(
@@ -88,6 +123,77 @@ def fnr_candidates(
     """Stage-1 candidates of one image: peaks of the fused map, ``(N, 3)`` rows ``x, y, score``."""
     maps = fnr_probability_maps(network, image, device)
     return maps_to_candidates({FUSED_KEY: maps[FUSED_KEY]}, spacing, threshold, min_distance_um)[FUSED_KEY]
+
+
+def fpr_score_candidates(
+    fpr: nn.Module,
+    image: np.ndarray,
+    candidates: np.ndarray,
+    vote_radius_px: float = 2.0,
+    device: torch.device | str | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage 2 on one image: the 2-px vote of the Siamese network for every candidate, batched.
+
+    For each candidate, the patches centred on every integer offset within ``vote_radius_px`` (13 for
+    2 px) are cut with the FNR border rule in one gather, embedded in one (chunked) batch, compared
+    with the reference bank, and the candidate is kept when its summed mitosis similarity beats its
+    summed not-mitosis similarity (``SiameseEmbedding.score``).
+
+    Args:
+        fpr: a ``SiameseEmbedding`` with references set; run in eval mode and left in the mode it had.
+        image: ``(H, W, 3)`` uint8 RGB.
+        candidates: ``(N, 3)`` rows ``x, y, score`` in pixels.
+        vote_radius_px: radius of the vote's patch centres, in pixels.
+        device: where to run (default: the network's device).
+
+    Returns:
+        ``keep (N,) bool``, ``votes (N,)`` (mean of ``C1 - C0`` over the patches, in [-1, 1]) and
+        ``probability (N,)`` (the calibrated mitosis probability derived from the votes).
+    """
+    from mssn_monai.networks.fpr import vote_offsets
+
+    cand = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
+    n = len(cand)
+    if n == 0:
+        return np.zeros(0, bool), np.zeros(0), np.zeros(0)
+    if device is None:
+        device = next(fpr.parameters()).device
+    offsets = vote_offsets(vote_radius_px).cpu().numpy()
+    k = len(offsets)
+    centres = (np.floor(cand[:, None, :2] + 0.5) + offsets[None]).reshape(-1, 2)
+    size = int(fpr.patch_size)
+    was_training = fpr.training
+    fpr.eval()
+    try:
+        with torch.inference_mode():
+            t = image_to_tensor(image, device)[0].contiguous()
+            patches = extract_patches(t, centres, size).reshape(n, k, 3, size, size)
+            keep, votes, prob = fpr.score(patches)
+    finally:
+        fpr.train(was_training)
+    return keep.cpu().numpy().astype(bool), votes.float().cpu().numpy(), prob.float().cpu().numpy()
+
+
+def detect_two_stage(
+    fnr: nn.Module,
+    fpr: nn.Module,
+    image: np.ndarray,
+    spacing: float,
+    threshold: float = 0.5,
+    min_distance_um: float = 4.0,
+    vote_radius_px: float = 2.0,
+    device: torch.device | str | None = None,
+) -> dict[str, np.ndarray]:
+    """Both MSSN stages on one image.
+
+    Returns:
+        ``{"candidates": (N, 3) x, y, fnr score, "votes": (N,), "probability": (N,), "keep": (N,) bool,
+        "detections": (M, 3) x, y, probability}`` for the kept candidates (``M <= N``).
+    """
+    cand = fnr_candidates(fnr, image, spacing, threshold, min_distance_um, device)
+    keep, votes, prob = fpr_score_candidates(fpr, image, cand, vote_radius_px, device)
+    det = np.column_stack([cand[keep, :2], prob[keep]]).reshape(-1, 3)
+    return {"candidates": cand, "votes": votes, "probability": prob, "keep": keep, "detections": det}
 
 
 def run_candidates(

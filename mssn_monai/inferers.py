@@ -12,7 +12,7 @@ from torch import nn
 from mssn_monai.networks.fnr import FUSED_KEY, OUTPUT_STRIDE
 from mssn_monai.ops.peaks import find_peaks
 
-__all__ = ["PatchClassificationInferer", "DenseCandidateInferer"]
+__all__ = ["PatchClassificationInferer", "DenseCandidateInferer", "ClassSimilarityInferer"]
 
 
 class PatchClassificationInferer(Inferer):
@@ -74,3 +74,10 @@ class DenseCandidateInferer(Inferer):
                 }
             )
         return out
+
+
+class ClassSimilarityInferer(Inferer):
+    """Embeds patches with a ``SiameseEmbedding`` and returns their similarity to each class, ``(B, 3)``."""
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return network.class_similarities(network(inputs))

@@ -75,6 +75,7 @@ __all__ = [
     "INPUT_RANGE",
     "pad_symmetric",
     "extract_patch",
+    "extract_patches",
     "conv_receptive_field",
     "MultiScaleFNR",
 ]
@@ -243,6 +244,40 @@ def extract_patch(
     rows = _mirror_indices(cy - h // 2, h, int(image.shape[-2]))
     cols = _mirror_indices(cx - w // 2, w, int(image.shape[-1]))
     return _take_rows_cols(image, rows, cols)
+
+
+def extract_patches(image: torch.Tensor | np.ndarray, points: np.ndarray, size: int) -> torch.Tensor | np.ndarray:
+    """Many patches at once: :func:`extract_patch` for every point, by one fancy-indexing gather.
+
+    Args:
+        image: ``(C, H, W)`` array or tensor, any size >= 1x1.
+        points: ``(M, 2)`` centres ``(x, y)`` in pixels (rounded to the nearest pixel, halves up).
+        size: square patch size in pixels.
+
+    Returns:
+        ``(M, C, size, size)`` of the type, dtype and device of ``image``; patch ``m`` equals
+        ``extract_patch(image, *points[m], size)``.
+    """
+    if image.ndim != 3 or image.shape[-1] < 1 or image.shape[-2] < 1:
+        raise ValueError(f"extract_patches expects an image (C, H, W) with H, W >= 1, got shape {tuple(image.shape)}.")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size!r}.")
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    centre = np.floor(pts + 0.5).astype(np.int64)
+    offsets = np.arange(size) - size // 2
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+
+    def mirror(idx: np.ndarray, n: int) -> np.ndarray:
+        idx = idx % (2 * n)
+        return np.where(idx < n, idx, 2 * n - 1 - idx)
+
+    rows = mirror(centre[:, 1, None] + offsets[None], h)  # (M, size)
+    cols = mirror(centre[:, 0, None] + offsets[None], w)
+    if isinstance(image, torch.Tensor):
+        r = torch.as_tensor(rows, device=image.device)[:, :, None]
+        c = torch.as_tensor(cols, device=image.device)[:, None, :]
+        return image[:, r, c].permute(1, 0, 2, 3).contiguous()
+    return np.ascontiguousarray(np.moveaxis(np.asarray(image)[:, rows[:, :, None], cols[:, None, :]], 1, 0))
 
 
 def conv_receptive_field(layers: Sequence[nn.Module]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -533,6 +568,46 @@ class MultiScaleFNR(nn.Module):
             left=qx,
             right=qx + OUTPUT_STRIDE * (cols - 1) - w,
         )
+        probs = {name: torch.sigmoid(logit) for name, logit in self._logit_maps(padded, rows, cols).items()}
+        fused = None
+        for p in probs.values():
+            fused = p if fused is None else torch.maximum(fused, p)
+        probs[FUSED_KEY] = fused
+        return probs
+
+    def forward_region(
+        self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int
+    ) -> dict[str, torch.Tensor]:
+        """Cells ``[row0, row0 + rows) x [col0, col0 + cols)`` of :meth:`forward`'s maps, from that window only.
+
+        Reads only the image pixels those cells' patches cover (borders mirrored by the same rule), so a
+        large image can be processed in tiles whose maps, put side by side, equal the whole image's maps
+        (up to float rounding): the tiles overlap by the patch context, nothing else.
+
+        Args:
+            image: ``(B, in_channels, H, W)`` float RGB in ``[0, 1]``, or uint8 (divided by 255 here,
+                after cropping, so a large image can stay uint8 in memory).
+            row0, rows, col0, cols: the output cells wanted (map coordinates, stride 4).
+
+        Returns:
+            ``{name: (B, 1, rows, cols)}`` probabilities plus ``"fused"``.
+        """
+        if image.ndim != 4 or image.shape[1] != self.in_channels:
+            raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {tuple(image.shape)}.")
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        n_rows, n_cols = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
+        if not (0 <= row0 < row0 + rows <= n_rows and 0 <= col0 < col0 + cols <= n_cols):
+            raise ValueError(
+                f"region rows [{row0}, {row0 + rows}) x cols [{col0}, {col0 + cols}) is not inside the "
+                f"{n_rows}x{n_cols} map of a {h}x{w} image."
+            )
+        qy, qx = self.half_extent
+        r_idx = _mirror_indices(OUTPUT_STRIDE * row0 - qy, OUTPUT_STRIDE * (rows - 1) + 2 * qy, h)
+        c_idx = _mirror_indices(OUTPUT_STRIDE * col0 - qx, OUTPUT_STRIDE * (cols - 1) + 2 * qx, w)
+        padded = _take_rows_cols(image, r_idx, c_idx)
+        if not padded.is_floating_point():
+            padded = padded.float().div_(255.0)
+        padded = padded.contiguous(memory_format=torch.channels_last)
         probs = {name: torch.sigmoid(logit) for name, logit in self._logit_maps(padded, rows, cols).items()}
         fused = None
         for p in probs.values():

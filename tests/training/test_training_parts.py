@@ -163,3 +163,25 @@ def test_load_state_dict_errors(tmp_path, tiny_fnr):
     good = tmp_path / "good.pt"
     torch.save(tiny_fnr.state_dict(), good)
     load_state_dict(tiny_fnr, good)
+
+
+def test_nearest_reference_accuracy_per_class():
+    from mssn_monai.handlers import NearestReferenceAccuracy
+
+    sims = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.1, 0.8, 0.3], [0.0, 0.2, 0.6], [0.5, 0.4, 0.1]])
+    classes = torch.tensor([0, 1, 2, 2, 1])  # right, right, wrong, right, wrong
+    expected = {None: 3 / 5, 0: 1.0, 1: 0.5, 2: 0.5}
+    for class_index, value in expected.items():
+        m = NearestReferenceAccuracy(class_index)
+        m.reset()
+        m.update((sims, classes))
+        assert m.compute() == pytest.approx(value)
+
+
+def test_prepare_batch_class():
+    from mssn_monai.engines import PrepareBatchClass
+
+    image, classes = PrepareBatchClass()({"image": torch.zeros(2, 3, 4, 4), "class": torch.tensor([2, 0])}, "cpu")
+    assert image.shape == (2, 3, 4, 4) and classes.tolist() == [2, 0] and classes.dtype == torch.int64
+    with pytest.raises(KeyError, match="class"):
+        PrepareBatchClass()({"image": image}, "cpu")
