@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from mssn_monai import DEFAULT_SPACING_UM
-from mssn_monai.io import list_images, read_image_rgb, write_detections_csv
+from mssn_monai.io import detect_each_image
 
 __all__ = ["hematoxylin_density", "detect_baseline", "run_baseline"]
 
@@ -125,24 +124,5 @@ def run_baseline(
     Returns:
         the number of images written.
     """
-    from tqdm import tqdm
-
-    files = list_images(input)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a directory")
     spacing = DEFAULT_SPACING_UM if spacing is None else float(spacing)
-    n = 0
-    failed = []
-    for path in tqdm(files, desc="baseline", unit="image", disable=len(files) < 2):
-        try:
-            image = read_image_rgb(path)
-        except (OSError, ValueError) as e:
-            logger.error("%s", e)
-            failed.append(path)
-            continue
-        write_detections_csv(out / f"{path.stem}.csv", detect_baseline(image, spacing, **kwargs))
-        n += 1
-    if n == 0:
-        raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
-    return n
+    return detect_each_image(input, out, lambda image: detect_baseline(image, spacing, **kwargs), desc="baseline")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from mssn_monai.io import list_images, read_image_rgb, write_detections_csv
+from mssn_monai.io import detect_each_image
 from mssn_monai.networks.fnr import FUSED_KEY, OUTPUT_STRIDE, extract_patches
 from mssn_monai.ops.peaks import find_peaks
 
@@ -213,23 +212,9 @@ def run_candidates(
     Returns:
         the number of images written.
     """
-    from tqdm import tqdm
-
-    files = list_images(input)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a directory")
-    n = 0
-    for path in tqdm(files, desc="candidates", unit="image", disable=len(files) < 2):
-        try:
-            image = read_image_rgb(path)
-        except (OSError, ValueError) as e:
-            logger.error("%s", e)
-            continue
-        write_detections_csv(
-            out / f"{path.stem}.csv", fnr_candidates(network, image, spacing, threshold, min_distance_um, device)
-        )
-        n += 1
-    if n == 0:
-        raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
-    return n
+    return detect_each_image(
+        input,
+        out,
+        lambda image: fnr_candidates(network, image, spacing, threshold, min_distance_um, device),
+        desc="candidates",
+    )

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,9 +33,12 @@ __all__ = [
     "write_detections_csv",
     "read_detections_csv",
     "read_predictions",
+    "detect_each_image",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -279,3 +283,46 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
             arr = np.concatenate([arr, np.ones((len(arr), 1))], axis=1)
         out[Path(name).stem] = arr
     return out
+
+
+def detect_each_image(
+    input: str | os.PathLike,  # noqa: A002
+    out: str | os.PathLike,
+    detect: Callable[[np.ndarray], np.ndarray],
+    desc: str = "images",
+) -> int:
+    """Run ``detect`` on every image under ``input`` and write its rows as ``out/<image stem>.csv``.
+
+    An image that cannot be read is reported (one line naming it) and skipped; the others are still
+    processed. A progress bar runs over the images.
+
+    Args:
+        input: an image file or a folder (searched recursively, :func:`list_images`).
+        out: output folder (created; must not be a file).
+        detect: ``(H, W, 3) uint8 -> (N, 3)`` rows ``x, y, score``.
+        desc: progress bar label.
+
+    Returns:
+        the number of images written.
+
+    Raises:
+        ValueError: when no image could be read.
+    """
+    from tqdm import tqdm
+
+    files = list_images(input)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a directory")
+    n = 0
+    for path in tqdm(files, desc=desc, unit="image", disable=len(files) < 2):
+        try:
+            image = read_image_rgb(path)
+        except (OSError, ValueError) as e:
+            logger.error("%s", e)
+            continue
+        write_detections_csv(out / f"{path.stem}.csv", detect(image))
+        n += 1
+    if n == 0:
+        raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
+    return n

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiScaleBCELoss"]
+__all__ = ["MultiScaleBCELoss", "ContrastiveLoss"]
 
 
 class MultiScaleBCELoss(nn.Module):
@@ -48,3 +49,97 @@ class MultiScaleBCELoss(nn.Module):
             total = total + w * F.binary_cross_entropy_with_logits(logit.float(), target, pos_weight=pos_weight)
             norm += w
         return total / norm
+
+
+class ContrastiveLoss(nn.Module):
+    """Margin contrastive loss over every pair of a batch (Hadsell, Chopra & LeCun 2006; MSSN stage 2).
+
+    For a pair of embeddings at Euclidean distance ``d``: a *similar* pair (same class) costs
+    ``d^2 / 2`` and a *dissimilar* pair ``max(0, margin - d)^2 / 2``: Hadsell et al.'s Eq. 4, with the
+    1/2 on both terms (so the gradient of a similar pair's cost is the difference vector itself).
+    Ma et al. write the same two terms, ``(1 - Y) max(0, M - E) + Y E``; their exponents do not
+    survive in the text we have, and the squared form is the one of the work they cite.
+
+    Every pair ``i < j`` of the batch is used, so one batch of ``B`` embeddings of a shared-weight
+    network *is* the Siamese pair, ``B (B - 1) / 2`` times.
+
+    Balancing: the loss is ``similar_weight * mean(similar costs) + (1 - similar_weight) *
+    mean(dissimilar costs)``, so the ratio of pair types in a batch (mitoses are rare) does not
+    weigh the terms; a batch with no similar pair uses the dissimilar mean alone and vice versa. A
+    batch of fewer than 2 embeddings has no pair: the loss is 0, still connected to the graph
+    (``embeddings.sum() * 0``), so a last batch of 1 neither crashes training nor changes weights.
+
+    Classes are those of ``mssn_monai.data.patches.PatchClass``: 0 background, 1 mitosis, 2 hard
+    mimic (use the sample's ``"class"`` key; its ``"label"`` key is already binary).
+
+    Args:
+        margin: distance beyond which dissimilar pairs cost nothing, > 0, in embedding units. Use the
+            network's ``margin`` (one config id); 1.0 on unit-norm embeddings (diameter 2).
+        similar_weight: weight of the similar-pair mean, in ``[0, 1]``; the dissimilar mean gets the rest.
+        binary: compare mitosis (class 1) against everything else: classes 0 and 2 count as similar.
+
+    Shapes:
+        ``embeddings``: ``(B, D)`` float; ``labels``: ``(B,)`` or ``(B, 1)`` integer classes (int or
+        integral float). Returns a scalar.
+
+    Example:
+        >>> loss = ContrastiveLoss(margin=1.0)
+        >>> loss(torch.tensor([[0.0, 0.0], [0.6, 0.0]]), torch.tensor([0, 1]))  # one dissimilar pair, d = 0.6
+        tensor(0.0800)
+    """
+
+    def __init__(self, margin: float = 1.0, similar_weight: float = 0.5, binary: bool = False) -> None:
+        super().__init__()
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin) or margin <= 0:
+            raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+        if isinstance(similar_weight, bool) or not isinstance(similar_weight, (int, float)):
+            raise ValueError(f"similar_weight must be a number in [0, 1], got {similar_weight!r}")
+        if not 0.0 <= similar_weight <= 1.0:
+            raise ValueError(f"similar_weight must be in [0, 1], got {similar_weight!r}")
+        self.margin = float(margin)
+        self.similar_weight = float(similar_weight)
+        self.binary = bool(binary)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Balanced mean pair cost of a batch.
+
+        Args:
+            embeddings: ``(B, D)`` embeddings.
+            labels: ``(B,)`` or ``(B, 1)`` classes (0 background, 1 mitosis, 2 mimic).
+
+        Returns:
+            A scalar tensor (0 with a ``grad_fn`` when ``B < 2``).
+
+        Raises:
+            ValueError: on a wrong shape (the message gives the shapes received) or non-integer labels.
+        """
+        if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2:
+            got = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else type(embeddings).__name__
+            raise ValueError(f"embeddings must be (B, D), got {got}")
+        b = int(embeddings.shape[0])
+        labels = torch.as_tensor(labels, device=embeddings.device)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        if labels.shape != (b,):
+            raise ValueError(f"labels must be (B,) or (B, 1) with B = {b}, got {tuple(labels.shape)}")
+        if labels.is_floating_point() and not torch.equal(labels, labels.round()):
+            raise ValueError("labels must be integer classes (0 background, 1 mitosis, 2 mimic), got non-integers")
+        if b < 2:
+            return embeddings.sum() * 0.0
+        labels = labels.round().long()
+        if self.binary:
+            labels = (labels == 1).long()
+        i, j = torch.triu_indices(b, b, offset=1, device=embeddings.device)
+        diff = embeddings[i] - embeddings[j]
+        sq = (diff * diff).sum(dim=1)  # d^2, exact (no matmul expansion)
+        same = labels[i] == labels[j]
+        # sqrt has an infinite derivative at 0: take it only where d^2 > 0 (d = 0 gets a zero subgradient).
+        positive = sq > 0
+        dist = torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))), torch.zeros_like(sq))
+        sim_cost = 0.5 * sq[same]
+        dis_cost = 0.5 * F.relu(self.margin - dist[~same]) ** 2
+        if dis_cost.numel() == 0:
+            return sim_cost.mean()
+        if sim_cost.numel() == 0:
+            return dis_cost.mean()
+        return self.similar_weight * sim_cost.mean() + (1.0 - self.similar_weight) * dis_cost.mean()

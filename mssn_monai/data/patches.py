@@ -173,6 +173,8 @@ class PatchSampleDataset(Dataset):
             ``RandomState`` construction); ``False`` leaves the transform's own random state alone.
         cache: keep loaded images in memory (per process); ``False`` reads the file for every sample.
         default_spacing: um/px for records without ``spacing``.
+        allow_no_positives: when no record has a mitosis, sample negatives only (with a warning) instead of
+            raising; meant for validation sets, where a small split may hold no mitosis.
 
     Raises:
         ValueError: a bad knob (the message names it and the value), a record without ``image`` or with
@@ -205,6 +207,7 @@ class PatchSampleDataset(Dataset):
         reseed_transform: bool = True,
         cache: bool = True,
         default_spacing: float = DEFAULT_SPACING_UM,
+        allow_no_positives: bool = False,
     ) -> None:
         if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)):
             raise ValueError(f"patch_size must be an even int >= 8, got {patch_size!r}.")
@@ -277,6 +280,11 @@ class PatchSampleDataset(Dataset):
             raise ValueError("data is empty: PatchSampleDataset needs at least one record.")
         self._hard: list[np.ndarray] = [np.zeros((0, 2)) for _ in self._paths]
         self._mimics_with_hard: list[np.ndarray] | None = None
+        if self.positive_fraction > 0 and not any(len(m) for m in self._mitoses) and allow_no_positives:
+            logger.warning(
+                "none of the %d records has a mitosis: sampling negatives only (positive_fraction 0)", len(self._paths)
+            )
+            self.positive_fraction = 0.0
         if self.positive_fraction > 0 and not any(len(m) for m in self._mitoses):
             raise ValueError(
                 f"positive_fraction is {self.positive_fraction:g} but none of the {len(self._paths)} records has a "

@@ -1,4 +1,5 @@
-"""Networks of the two MSSN stages: the stage-1 FNR candidate generator (``fnr``)."""
+"""Networks of the two MSSN stages: the stage-1 FNR candidate generator (``fnr``) and the stage-2
+Siamese false-positive reducer (``fpr``)."""
 
 from mssn_monai.networks.fnr import (
     FUSED_KEY,
@@ -10,6 +11,17 @@ from mssn_monai.networks.fnr import (
     extract_patch,
     pad_symmetric,
 )
+from mssn_monai.networks.fpr import (
+    DEFAULT_CALIBRATION,
+    MITOSIS_CLASS,
+    NUM_CLASSES,
+    SiameseEmbedding,
+    build_reference_bank,
+    distance_similarity,
+    fit_calibration,
+    fpr_vote,
+    vote_offsets,
+)
 
 __all__ = [
     "FNRSubModel",
@@ -20,4 +32,13 @@ __all__ = [
     "conv_receptive_field",
     "extract_patch",
     "pad_symmetric",
+    "DEFAULT_CALIBRATION",
+    "MITOSIS_CLASS",
+    "NUM_CLASSES",
+    "SiameseEmbedding",
+    "build_reference_bank",
+    "distance_similarity",
+    "fit_calibration",
+    "fpr_vote",
+    "vote_offsets",
 ]

@@ -533,6 +533,15 @@ class MultiScaleFNR(nn.Module):
             out[name] = head(inputs)
         return out
 
+    def _probability_maps(self, padded: torch.Tensor, rows: int, cols: int) -> dict[str, torch.Tensor]:
+        """Sigmoid of every sub-model's logit map plus their per-cell maximum under :data:`FUSED_KEY`."""
+        probs = {name: torch.sigmoid(logit) for name, logit in self._logit_maps(padded, rows, cols).items()}
+        fused = None
+        for p in probs.values():
+            fused = p if fused is None else torch.maximum(fused, p)
+        probs[FUSED_KEY] = fused
+        return probs
+
     def _check_image(self, x: torch.Tensor, what: str) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -568,12 +577,7 @@ class MultiScaleFNR(nn.Module):
             left=qx,
             right=qx + OUTPUT_STRIDE * (cols - 1) - w,
         )
-        probs = {name: torch.sigmoid(logit) for name, logit in self._logit_maps(padded, rows, cols).items()}
-        fused = None
-        for p in probs.values():
-            fused = p if fused is None else torch.maximum(fused, p)
-        probs[FUSED_KEY] = fused
-        return probs
+        return self._probability_maps(padded, rows, cols)
 
     def forward_region(
         self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int
@@ -608,12 +612,7 @@ class MultiScaleFNR(nn.Module):
         if not padded.is_floating_point():
             padded = padded.float().div_(255.0)
         padded = padded.contiguous(memory_format=torch.channels_last)
-        probs = {name: torch.sigmoid(logit) for name, logit in self._logit_maps(padded, rows, cols).items()}
-        fused = None
-        for p in probs.values():
-            fused = p if fused is None else torch.maximum(fused, p)
-        probs[FUSED_KEY] = fused
-        return probs
+        return self._probability_maps(padded, rows, cols)
 
     def classify_patches(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logit of each sub-model for the centre pixel of each sample (the training path).

@@ -76,17 +76,28 @@ def test_train_resume_and_candidates(tmp_path):
         "16",
         "--num_workers",
         "0",
+        "--fpr_val_interval",
+        "1",
+        "--fpr_samples_per_epoch",
+        "48",
+        "--fpr_batch_size",
+        "24",
     ]
-    first = _run("-m", "monai.bundle", "run", "training", *common, "--epochs", "1", cwd=tmp_path)
+    first = _run("-m", "monai.bundle", "run", "training", *common, "--epochs", "1", "--fpr_epochs", "1", cwd=tmp_path)
     assert "val_candidate_recall" in first.stdout + first.stderr
     assert "hard-negative mining round 1" in first.stdout + first.stderr
+    assert "val_reference_accuracy" in first.stdout + first.stderr  # stage-2 validation on held-out patches
+    assert "two-stage detection on 2 held-out fields" in first.stdout + first.stderr
+    fpr = load_network(bundle / "models" / "fpr.pt", bundle / "configs" / "train.json", "fpr_def")
+    assert len(fpr.references) > 0 and set(fpr.reference_classes.tolist()) <= {0, 1, 2}
     fnr = bundle / "models" / "fnr.pt"
     assert fnr.is_file()
     epoch1 = {k: v.clone() for k, v in torch.load(fnr, map_location="cpu").items()}
 
-    second = _run("-m", "monai.bundle", "run", *common, "--epochs", "2", cwd=tmp_path)
+    second = _run("-m", "monai.bundle", "run", *common, "--epochs", "2", "--fpr_epochs", "2", cwd=tmp_path)
     log = second.stdout + second.stderr
-    assert "Restored all variables" in log and "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
+    assert log.count("Restored all variables") == 2  # both stages resume from their last checkpoints
+    assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
     epoch2 = torch.load(fnr, map_location="cpu")
     assert any(not torch.equal(epoch1[k], epoch2[k]) for k in epoch1)
 
