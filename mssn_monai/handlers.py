@@ -309,11 +309,14 @@ class TwoStageValidation:
     """Detection after both stages on held-out fields; also fits the score calibration there.
 
     When it runs (at the end of training by default), it rebuilds the reference bank, runs the FNR
-    candidates and the FPR vote on every record, scores the kept detections (precision / recall / F1
-    within ``radius_um``, micro over images, as ``mssn_monai.metrics``) and the FNR alone, fits
-    ``p = sigmoid(a * votes + b)`` by Platt scaling on the candidates (label 1 = matched to a mitosis),
-    stores the calibration in the network and puts the numbers in ``engine.state.metrics``
-    (``fields_f1``, ``fields_precision``, ``fields_recall``, ``fields_fnr_fp``, ``fields_fpr_fp``).
+    candidates and the FPR vote on every record, fits ``p = sigmoid(a * votes + b)`` by Platt scaling
+    on the candidates (label 1 = matched to a mitosis within ``radius_um``), then picks the operating
+    threshold: the calibrated probability, among the candidates the vote keeps, that maximises F1 on
+    these fields (micro, ``mssn_monai.metrics``). Calibration and threshold are stored in the FPR
+    network (so they are saved with its weights), and the numbers go to ``engine.state.metrics``:
+    ``fields_f1``, ``fields_precision``, ``fields_recall`` at the operating threshold,
+    ``fields_vote_only_f1`` (the paper's vote alone), ``fields_operating_threshold``, ``fields_fnr_fp``
+    and ``fields_fpr_fp`` (false positives before and after stage 2), ``fields_fnr_recall``.
 
     Args:
         fnr: the stage-1 network.
@@ -369,16 +372,15 @@ class TwoStageValidation:
             return {}
         if self.reference_refresh is not None:
             self.reference_refresh.refresh()
-        detections, candidates = {}, {}
-        all_votes, all_labels = [], []
+        self.fpr.set_operating_threshold(0.0)
+        outputs, all_votes, all_labels = {}, [], []
         for rec in self.data:
             image = read_image_rgb(rec["image"])
             spacing = float(rec["spacing"])
             out = detect_two_stage(
                 self.fnr, self.fpr, image, spacing, self.threshold, self.min_distance_um, self.vote_radius_px
             )
-            stem = Path(rec["image"]).stem
-            detections[stem], candidates[stem] = out["detections"], out["candidates"]
+            outputs[Path(rec["image"]).stem] = out
             gt = np.asarray(rec["mitoses"], dtype=np.float64).reshape(-1, 2)
             match = match_points(gt, out["candidates"][:, :2], self.radius_um / spacing)
             labels = np.zeros(len(out["candidates"]))
@@ -390,12 +392,26 @@ class TwoStageValidation:
         if len(votes) and 0 < float(labels.sum()) < len(labels):
             a, b = fit_calibration(votes, labels)
             self.fpr.set_calibration(float(a), float(b))
-        both = evaluate_predictions(self.data, detections, radius_um=self.radius_um)["overall"]
+        # probabilities under the new calibration; the vote's decisions do not change with it
+        voted = {
+            stem: np.column_stack(
+                [o["candidates"][o["voted"], :2], self.fpr.calibrated_score(torch.as_tensor(o["votes"]))[o["voted"]]]
+            ).reshape(-1, 3)
+            for stem, o in outputs.items()
+        }
+        candidates = {stem: o["candidates"] for stem, o in outputs.items()}
+        vote_only = evaluate_predictions(self.data, voted, radius_um=self.radius_um, sweep=True)
+        best = vote_only["sweep"]["best_threshold"]
+        operating = float(best) if best is not None else 0.0
+        self.fpr.set_operating_threshold(operating)
+        both = evaluate_predictions(self.data, voted, radius_um=self.radius_um, threshold=operating)["overall"]
         stage1 = evaluate_predictions(self.data, candidates, radius_um=self.radius_um)["overall"]
         return {
             "fields_precision": both["precision"],
             "fields_recall": both["recall"],
             "fields_f1": both["f1"],
+            "fields_vote_only_f1": vote_only["overall"]["f1"],
+            "fields_operating_threshold": operating,
             "fields_fnr_fp": float(stage1["fp"]),
             "fields_fpr_fp": float(both["fp"]),
             "fields_fnr_recall": stage1["recall"],

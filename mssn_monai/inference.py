@@ -185,14 +185,19 @@ def detect_two_stage(
 ) -> dict[str, np.ndarray]:
     """Both MSSN stages on one image.
 
+    A candidate is reported when the FPR vote keeps it (summed mitosis similarity over its vote patches
+    beats the summed not-mitosis similarity) and its calibrated probability reaches the network's
+    ``operating_threshold`` (chosen on held-out fields at training time; 0 = the vote alone).
+
     Returns:
-        ``{"candidates": (N, 3) x, y, fnr score, "votes": (N,), "probability": (N,), "keep": (N,) bool,
-        "detections": (M, 3) x, y, probability}`` for the kept candidates (``M <= N``).
+        ``{"candidates": (N, 3) x, y, fnr score, "votes": (N,), "probability": (N,), "voted": (N,) bool,
+        "keep": (N,) bool, "detections": (M, 3) x, y, probability}`` for the kept candidates (``M <= N``).
     """
     cand = fnr_candidates(fnr, image, spacing, threshold, min_distance_um, device)
-    keep, votes, prob = fpr_score_candidates(fpr, image, cand, vote_radius_px, device)
+    voted, votes, prob = fpr_score_candidates(fpr, image, cand, vote_radius_px, device)
+    keep = voted & (prob >= float(getattr(fpr, "operating_threshold", 0.0)))
     det = np.column_stack([cand[keep, :2], prob[keep]]).reshape(-1, 3)
-    return {"candidates": cand, "votes": votes, "probability": prob, "keep": keep, "detections": det}
+    return {"candidates": cand, "votes": votes, "probability": prob, "voted": voted, "keep": keep, "detections": det}
 
 
 def run_candidates(

@@ -157,6 +157,8 @@ class SiameseEmbedding(nn.Module):
         ``reference_classes``: ``(K,)`` int64, each reference's class (0 background, 1 mitosis, 2 mimic).
         ``calibration``: ``(2,)`` float, ``(a, b)`` of ``probability = sigmoid(a * votes + b)``;
         :data:`DEFAULT_CALIBRATION` = ``(4, 0)`` until set.
+        ``operating_threshold``: scalar, the minimum calibrated probability of a detection among the
+        candidates the vote keeps (0 = the vote alone decides); chosen on held-out fields to maximise F1.
         Loading a state dict resizes the first two to the checkpoint's ``K`` (see :meth:`_load_from_state_dict`).
 
     Args:
@@ -227,6 +229,7 @@ class SiameseEmbedding(nn.Module):
         self.register_buffer("references", torch.zeros(0, self.embedding_dim))
         self.register_buffer("reference_classes", torch.zeros(0, dtype=torch.long))
         self.register_buffer("calibration", torch.tensor(DEFAULT_CALIBRATION, dtype=torch.float32))
+        self.register_buffer("operating_threshold", torch.tensor(0.0))
 
     # ------------------------------------------------------------------ embedding
 
@@ -329,6 +332,12 @@ class SiameseEmbedding(nn.Module):
             [float(a), float(b)], dtype=self.calibration.dtype, device=self.calibration.device
         )
 
+    def set_operating_threshold(self, threshold: float) -> None:
+        """Set the minimum calibrated probability a kept candidate needs to be reported (in [0, 1])."""
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"operating threshold must be in [0, 1], got {threshold!r}.")
+        self.operating_threshold = torch.tensor(float(threshold), device=self.calibration.device)
+
     def _load_from_state_dict(
         self,
         state_dict: dict[str, Any],
@@ -342,8 +351,11 @@ class SiameseEmbedding(nn.Module):
         """Resize ``references`` / ``reference_classes`` to the checkpoint's ``K`` before the usual copy.
 
         Only the number of references may differ; a different ``embedding_dim`` is still reported as
-        a size mismatch by :meth:`torch.nn.Module.load_state_dict`.
+        a size mismatch by :meth:`torch.nn.Module.load_state_dict`. A checkpoint saved before
+        ``operating_threshold`` existed loads with threshold 0 (the vote alone decides).
         """
+        if prefix + "calibration" in state_dict and prefix + "operating_threshold" not in state_dict:
+            state_dict[prefix + "operating_threshold"] = torch.zeros(())
         for name in ("references", "reference_classes"):
             key = prefix + name
             if key not in state_dict:

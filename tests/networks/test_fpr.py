@@ -387,3 +387,16 @@ def test_fit_calibration_bad_inputs():
         fit_calibration(torch.zeros(3), torch.zeros(2))
     with pytest.raises(ValueError, match="finite"):
         fit_calibration(torch.tensor([float("nan")]), torch.tensor([1]))
+
+
+def test_operating_threshold_is_saved_and_checked():
+    from mssn_monai.networks.fpr import SiameseEmbedding as _Net
+
+    net = _Net()
+    assert float(net.operating_threshold) == 0.0
+    net.set_operating_threshold(0.7)
+    fresh = _Net()
+    fresh.load_state_dict(net.state_dict())
+    assert float(fresh.operating_threshold) == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="operating threshold"):
+        net.set_operating_threshold(1.5)
