@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,6 +28,8 @@ __all__ = [
     "run_candidates",
     "fpr_score_candidates",
     "detect_two_stage",
+    "run_detection",
+    "write_detection_outputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -223,3 +226,82 @@ def run_candidates(
         lambda image: fnr_candidates(network, image, spacing, threshold, min_distance_um, device),
         desc="candidates",
     )
+
+
+def run_detection(
+    fnr: nn.Module,
+    fpr: nn.Module,
+    input: str | os.PathLike,  # noqa: A002
+    out: str | os.PathLike,
+    spacing: float,
+    threshold: float = 0.5,
+    min_distance_um: float = 4.0,
+    vote_radius_px: float = 2.0,
+    device: torch.device | str | None = None,
+) -> int:
+    """Both stages on every image under ``input``; writes ``out/<image stem>.csv`` rows ``x,y,probability``.
+
+    Unreadable images are reported and skipped (:func:`mssn_monai.io.detect_each_image`).
+
+    Returns:
+        the number of images written.
+    """
+    return detect_each_image(
+        input,
+        out,
+        lambda image: detect_two_stage(fnr, fpr, image, spacing, threshold, min_distance_um, vote_radius_px, device)[
+            "detections"
+        ],
+        desc="detect",
+    )
+
+
+def write_detection_outputs(
+    stem: Path,
+    image: np.ndarray,
+    result: Mapping[str, np.ndarray],
+    spacing: float,
+    settings: Mapping[str, float],
+    overlay: bool = False,
+) -> dict:
+    """Write one image's detections as ``<stem>.csv``, ``.geojson``, ``.json`` (and ``_overlay.png``).
+
+    Args:
+        stem: output path without suffix (``out/<image stem>``).
+        image: ``(H, W, 3)`` uint8 RGB (for the size, and the overlay).
+        result: :func:`detect_two_stage` output.
+        spacing: pixel spacing in um/px (for the count per mm^2).
+        settings: the thresholds used, recorded in the summary.
+        overlay: also draw the detections on the image as a PNG.
+
+    Returns:
+        the JSON summary.
+    """
+    from mssn_monai.io import detections_to_geojson, write_detections_csv, write_image, write_json
+
+    det = np.asarray(result["detections"], dtype=np.float64).reshape(-1, 3)
+    h, w = image.shape[:2]
+    area_mm2 = w * h * spacing**2 / 1e6
+    summary = {
+        "image": stem.name,
+        "width": w,
+        "height": h,
+        "spacing_um_per_px": spacing,
+        "area_mm2": area_mm2,
+        "count": len(det),
+        "mitoses_per_mm2": len(det) / area_mm2 if area_mm2 > 0 else 0.0,
+        "candidates": len(result["candidates"]),
+        "settings": dict(settings),
+        "detections": [[round(float(x), 2), round(float(y), 2), float(p)] for x, y, p in det],
+        "note": "weights trained on synthetic data only unless retrained: not for use on real slides as shipped",
+    }
+    write_detections_csv(stem.parent / f"{stem.name}.csv", det)
+    write_json(stem.parent / f"{stem.name}.geojson", detections_to_geojson(det, stem.name))
+    write_json(stem.parent / f"{stem.name}.json", summary)
+    if overlay:
+        from mssn_monai.visualize import draw_points
+
+        r = 8.0 / spacing
+        picture = draw_points(image, [(det, (0, 200, 0), r)], labels=[[f"{p:.2f}" for p in det[:, 2]]])
+        write_image(stem.parent / f"{stem.name}_overlay.png", picture)
+    return summary

@@ -33,7 +33,9 @@ __all__ = [
     "write_detections_csv",
     "read_detections_csv",
     "read_predictions",
+    "for_each_image",
     "detect_each_image",
+    "detections_to_geojson",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -285,25 +287,26 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     return out
 
 
-def detect_each_image(
+def for_each_image(
     input: str | os.PathLike,  # noqa: A002
     out: str | os.PathLike,
-    detect: Callable[[np.ndarray], np.ndarray],
+    process: Callable[[Path, np.ndarray], None],
     desc: str = "images",
 ) -> int:
-    """Run ``detect`` on every image under ``input`` and write its rows as ``out/<image stem>.csv``.
+    """Call ``process(out / <image stem>, image)`` for every image under ``input``, with a progress bar.
 
     An image that cannot be read is reported (one line naming it) and skipped; the others are still
-    processed. A progress bar runs over the images.
+    processed.
 
     Args:
         input: an image file or a folder (searched recursively, :func:`list_images`).
         out: output folder (created; must not be a file).
-        detect: ``(H, W, 3) uint8 -> (N, 3)`` rows ``x, y, score``.
+        process: writes the outputs of one image; gets the output path without suffix and the
+            ``(H, W, 3)`` uint8 image.
         desc: progress bar label.
 
     Returns:
-        the number of images written.
+        the number of images processed.
 
     Raises:
         ValueError: when no image could be read.
@@ -321,8 +324,54 @@ def detect_each_image(
         except (OSError, ValueError) as e:
             logger.error("%s", e)
             continue
-        write_detections_csv(out / f"{path.stem}.csv", detect(image))
+        process(out / path.stem, image)
         n += 1
     if n == 0:
         raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
     return n
+
+
+def detect_each_image(
+    input: str | os.PathLike,  # noqa: A002
+    out: str | os.PathLike,
+    detect: Callable[[np.ndarray], np.ndarray],
+    desc: str = "images",
+) -> int:
+    """Run ``detect`` (``(H, W, 3) uint8 -> (N, 3)`` rows ``x, y, score``) on every image under ``input``
+    and write ``out/<image stem>.csv`` (see :func:`for_each_image` for skipping and errors)."""
+    return for_each_image(
+        input, out, lambda stem, image: write_detections_csv(stem.parent / f"{stem.name}.csv", detect(image)), desc
+    )
+
+
+def detections_to_geojson(
+    detections: np.ndarray | Sequence[Sequence[float]],
+    image_name: str = "",
+    classification: str = "Mitotic figure",
+    colour: tuple[int, int, int] = (220, 30, 30),
+) -> dict:
+    """QuPath-importable GeoJSON: one ``Point`` detection per row ``x, y, score``.
+
+    Each feature has ``objectType: "detection"``, ``classification`` ``{"name": "Mitotic figure"}`` and
+    ``measurements`` ``{"score": ...}`` (QuPath 0.4+ reads both), and a deterministic id (UUID5 of the
+    image name and row), so the same detections give the same file.
+    """
+    import uuid
+
+    det = np.asarray(detections, dtype=np.float64).reshape(-1, 3)
+    features = []
+    for i, (x, y, score) in enumerate(det):
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"mssn-monai/{image_name}/{i}")),
+                "geometry": {"type": "Point", "coordinates": [round(float(x), 2), round(float(y), 2)]},
+                "properties": {
+                    "objectType": "detection",
+                    "classification": {"name": classification, "color": list(colour)},
+                    "measurements": {"score": float(score)},
+                    "isLocked": False,
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}

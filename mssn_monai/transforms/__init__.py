@@ -1,4 +1,4 @@
-"""MONAI-style transforms for colour domain shift: stain and HSV jitter, stain normalisation.
+"""MONAI-style transforms for domain shift: stain and HSV jitter, JPEG artefacts, stain normalisation; loading.
 
 Array transforms (:mod:`~mssn_monai.transforms.array`) do the work; dictionary transforms
 (:mod:`~mssn_monai.transforms.dictionary`, suffix ``d``) wrap them for ``Compose`` chains in the bundle.
@@ -13,11 +13,18 @@ from mssn_monai.transforms.array import (
     NormalizeHEStain,
     RandHEStainJitter,
     RandHSVJitter,
+    RandJPEGCompression,
     estimate_he_stains,
     od_to_rgb,
     rgb_to_od,
 )
-from mssn_monai.transforms.dictionary import NormalizeHEStaind, RandHEStainJitterd, RandHSVJitterd
+from mssn_monai.transforms.dictionary import (
+    NormalizeHEStaind,
+    RandHEStainJitterd,
+    RandHSVJitterd,
+    RandJPEGCompressiond,
+)
+from mssn_monai.transforms.io import LoadRGB, LoadRGBd
 
 __all__ = [
     "MACENKO_REFERENCE_MAX_CONCENTRATIONS",
@@ -31,6 +38,10 @@ __all__ = [
     "RandHEStainJitterd",
     "RandHSVJitter",
     "RandHSVJitterd",
+    "RandJPEGCompression",
+    "RandJPEGCompressiond",
+    "LoadRGB",
+    "LoadRGBd",
     "estimate_he_stains",
     "od_to_rgb",
     "rgb_to_od",

@@ -43,6 +43,7 @@ from monai.utils import TransformBackends, convert_to_dst_type
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 __all__ = [
+    "RandJPEGCompression",
     "MIN_INTENSITY",
     "RUIFROK_RGB_FROM_HED",
     "RUIFROK_HED_FROM_RGB",
@@ -367,6 +368,62 @@ def estimate_he_stains(
     if not (np.all(np.isfinite(max_conc)) and np.all(max_conc > 1e-6)):
         return None
     return stains, max_conc
+
+
+class RandJPEGCompression(RandomizableTransform):
+    """Randomly JPEG-compress an RGB image at a quality drawn from a range (scanner and archive artefacts).
+
+    Whole-slide scanners and image servers store tiles as JPEG (quality 70-90 is common), which blurs
+    chromatin texture and adds block artefacts; a detector that relies on fine texture must see them in
+    training. The image is quantised to 8 bits, encoded and decoded with Pillow, and returned as float.
+
+    Args:
+        quality: ``(low, high)`` JPEG quality range (1-100), drawn uniformly per call.
+        prob: probability of applying the compression.
+
+    Raises:
+        ValueError: a quality outside [1, 100] or ``low > high``.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, quality: Sequence[int] = (50, 95), prob: float = 1.0) -> None:
+        RandomizableTransform.__init__(self, prob)
+        low, high = (int(q) for q in quality)
+        if not 1 <= low <= high <= 100:
+            raise ValueError(f"quality must be (low, high) with 1 <= low <= high <= 100, got {quality!r}.")
+        self.quality_range = (low, high)
+        self.quality = high
+
+    def randomize(self, data: object = None) -> None:
+        """Draw whether to apply and, if so, the ``quality``."""
+        super().randomize(None)
+        if self._do_transform:
+            self.quality = int(self.R.randint(self.quality_range[0], self.quality_range[1] + 1))
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """Compress ``img`` (``(3, H, W)`` float in [0, 1]); returns the same type, dtype and device."""
+        import io
+
+        from PIL import Image
+
+        _check_rgb(img, type(self).__name__)
+        if img.ndim != 3:
+            raise ValueError(f"{type(self).__name__} expects one image (3, H, W), got shape {tuple(img.shape)}.")
+        if randomize:
+            self.randomize()
+        if not self._do_transform:
+            return img
+        arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+        u8 = np.clip(np.moveaxis(arr, 0, -1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(u8).save(buf, format="JPEG", quality=self.quality)
+        buf.seek(0)
+        with Image.open(buf) as im:
+            out = np.moveaxis(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0, -1, 0)
+        if isinstance(img, torch.Tensor):
+            return torch.as_tensor(out, dtype=img.dtype, device=img.device)
+        return out.astype(arr.dtype, copy=False)
 
 
 class NormalizeHEStain(Transform):

@@ -19,9 +19,10 @@ from mssn_monai.transforms.array import (
     NormalizeHEStain,
     RandHEStainJitter,
     RandHSVJitter,
+    RandJPEGCompression,
 )
 
-__all__ = ["RandHEStainJitterd", "RandHSVJitterd", "NormalizeHEStaind"]
+__all__ = ["RandHEStainJitterd", "RandHSVJitterd", "RandJPEGCompressiond", "NormalizeHEStaind"]
 
 
 class _RandColourd(RandomizableTransform, MapTransform):
@@ -98,6 +99,28 @@ class RandHSVJitterd(_RandColourd):
     ) -> None:
         transform = RandHSVJitter(hue=hue, saturation=saturation, value=value, prob=1.0)
         super().__init__(keys, transform, prob, allow_missing_keys)
+
+
+class RandJPEGCompressiond(_RandColourd):
+    """Dictionary version of :class:`~mssn_monai.transforms.array.RandJPEGCompression` (one draw for all keys).
+
+    Args:
+        keys: keys of the ``(3, H, W)`` float RGB images to compress.
+        quality: ``(low, high)`` JPEG quality range.
+        prob: probability of applying the compression to the sample.
+        allow_missing_keys: skip missing keys instead of raising ``KeyError``.
+    """
+
+    backend = RandJPEGCompression.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        quality: Sequence[int] = (50, 95),
+        prob: float = 1.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, RandJPEGCompression(quality=quality, prob=1.0), prob, allow_missing_keys)
 
 
 class NormalizeHEStaind(MapTransform):

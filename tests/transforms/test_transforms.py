@@ -222,3 +222,25 @@ def test_estimate_he_stains_on_pure_mixture():
     est, max_conc = estimate_he_stains(conc @ stains, alpha=0.0)
     np.testing.assert_allclose(est, stains, atol=1e-6)
     np.testing.assert_allclose(max_conc, np.percentile(conc[np.linalg.norm(conc @ stains, axis=1) > 0.15], 99, 0))
+
+
+def test_rand_jpeg_compression():
+    from mssn_monai.transforms import RandJPEGCompression, RandJPEGCompressiond
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.linspace(0.2, 0.8, 32, dtype=np.float32)[None, None, :], 32, axis=1)
+    img = np.concatenate([smooth, smooth[:, ::-1], 0.5 * np.ones_like(smooth)])
+    t = RandJPEGCompression(quality=(90, 90))
+    out = t(img)
+    assert out.shape == img.shape and out.dtype == img.dtype
+    assert 0 < np.abs(out - img).mean() < 0.02  # changed, but a smooth image survives quality 90
+    noisy = rng.random((3, 32, 32)).astype(np.float32)
+    low = RandJPEGCompression(quality=(10, 10))(torch.as_tensor(noisy))
+    assert isinstance(low, torch.Tensor) and float((low - torch.as_tensor(noisy)).abs().mean()) > 0.05
+    assert RandJPEGCompression(prob=0.0)(img) is img
+    d = RandJPEGCompressiond(["a", "b"], quality=(30, 95))
+    d.set_random_state(3)
+    res = d({"a": torch.as_tensor(img), "b": torch.as_tensor(img)})
+    assert torch.equal(res["a"], res["b"])  # one draw for both keys
+    with pytest.raises(ValueError, match="quality"):
+        RandJPEGCompression(quality=(0, 50))
