@@ -9,7 +9,14 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_BUNDLE", "bundle_config", "load_state_dict", "load_network", "latest_checkpoint"]
+__all__ = [
+    "DEFAULT_BUNDLE",
+    "bundle_config",
+    "load_state_dict",
+    "load_network",
+    "latest_checkpoint",
+    "stain_normalizer",
+]
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 """The bundle folder of a source checkout (``<repo>/bundle``)."""
@@ -89,3 +96,11 @@ def latest_checkpoint(directory: str | os.PathLike, prefix: str) -> str | None:
             if m:
                 found.append((int(m.group(1)), p))
     return str(max(found)[1]) if found else None
+
+
+def stain_normalizer(parser: Any) -> Any:
+    """The bundle's detection-time stain normaliser (``stain_normalization``), or ``None`` when
+    ``normalize_stain`` is false or absent."""
+    if not parser.get("normalize_stain", False) or "stain_normalization" not in parser:
+        return None
+    return parser.get_parsed_content("stain_normalization", instantiate=True)

@@ -193,8 +193,8 @@ def detect(
     import torch
 
     from mssn_monai import DEFAULT_SPACING_UM
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network
-    from mssn_monai.inference import detect_two_stage, write_detection_outputs
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
+    from mssn_monai.inference import detect_two_stage, normalize_field, write_detection_outputs
     from mssn_monai.io import for_each_image
 
     root = Path(bundle) if bundle else DEFAULT_BUNDLE
@@ -211,14 +211,16 @@ def detect(
         "min_distance_um": float(parser["min_distance_um"]),
         "vote_radius_px": float(parser["vote_radius_px"]),
         "operating_threshold": float(fpr.operating_threshold),
+        "stain_normalization": bool(parser.get("normalize_stain", False)),
     }
+    normalizer = stain_normalizer(parser)
     counts: list[tuple[str, int, float]] = []
 
     def process(stem: Path, image) -> None:
         result = detect_two_stage(
             fnr,
             fpr,
-            image,
+            normalize_field(normalizer, image),
             spacing,
             settings["candidate_threshold"],
             settings["min_distance_um"],
@@ -290,7 +292,7 @@ def demo(out: str = "demo_out", n_images: int = 8, size: tuple[int, int] = (1024
         size: field width and height in pixels.
         seed: seed of the synthetic fields (not one used for training).
     """
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
     from mssn_monai.data.prepare import prepare_datalist
     from mssn_monai.inference import run_detection
     from mssn_monai.io import write_json
@@ -315,6 +317,7 @@ def demo(out: str = "demo_out", n_images: int = 8, size: tuple[int, int] = (1024
         float(parser["candidate_threshold"]),
         float(parser["min_distance_um"]),
         float(parser["vote_radius_px"]),
+        normalizer=stain_normalizer(parser),
     )
     baseline(str(root / "data"), str(root / "baseline"), spacing=spacing)
     print("\nMSSN two-stage detector (weights trained on synthetic data only):")

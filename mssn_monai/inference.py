@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "detect_two_stage",
     "run_detection",
     "write_detection_outputs",
+    "normalize_field",
 ]
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,19 @@ def image_to_tensor(image: np.ndarray, device: torch.device | str | None = None)
     t = torch.from_numpy(np.ascontiguousarray(image)).to(device=device)
     t = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
     return t.contiguous(memory_format=torch.channels_last)
+
+
+def normalize_field(normalizer: Any, image: np.ndarray) -> np.ndarray:
+    """Apply a stain normaliser (``(3, H, W)`` float in [0, 1] -> same) to an ``(H, W, 3)`` uint8 field.
+
+    ``None`` returns the image unchanged. The bundle maps every field onto the stains the networks were
+    trained on (``stain_normalization`` in its config), so a new scanner's colours come back into range.
+    """
+    if normalizer is None:
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    out = torch.as_tensor(normalizer(t)).clamp_(0.0, 1.0)
+    return out.mul_(255.0).add_(0.5).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 def fnr_probability_maps(
@@ -238,10 +253,12 @@ def run_detection(
     min_distance_um: float = 4.0,
     vote_radius_px: float = 2.0,
     device: torch.device | str | None = None,
+    normalizer: Any = None,
 ) -> int:
     """Both stages on every image under ``input``; writes ``out/<image stem>.csv`` rows ``x,y,probability``.
 
-    Unreadable images are reported and skipped (:func:`mssn_monai.io.detect_each_image`).
+    Unreadable images are reported and skipped (:func:`mssn_monai.io.detect_each_image`); each field is
+    first passed through ``normalizer`` (:func:`normalize_field`) when one is given.
 
     Returns:
         the number of images written.
@@ -249,9 +266,9 @@ def run_detection(
     return detect_each_image(
         input,
         out,
-        lambda image: detect_two_stage(fnr, fpr, image, spacing, threshold, min_distance_um, vote_radius_px, device)[
-            "detections"
-        ],
+        lambda image: detect_two_stage(
+            fnr, fpr, normalize_field(normalizer, image), spacing, threshold, min_distance_um, vote_radius_px, device
+        )["detections"],
         desc="detect",
     )
 

@@ -15,11 +15,11 @@ import fire
 import numpy as np
 import torch
 
-from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network
+from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
 from mssn_monai.data.datalist import load_datalist
 from mssn_monai.data.patches import PatchClass
 from mssn_monai.handlers import false_positive_points
-from mssn_monai.inference import detect_two_stage, image_to_tensor
+from mssn_monai.inference import detect_two_stage, image_to_tensor, normalize_field
 from mssn_monai.io import read_image_rgb, write_image, write_json
 from mssn_monai.metrics import evaluate_predictions
 from mssn_monai.networks.fnr import extract_patches
@@ -37,8 +37,12 @@ def main(
     radius_um: float = 8.0,
     embedding_png: str | None = None,
     out: str | None = None,
+    normalize: bool = True,
 ) -> None:
-    """Print the FNR-alone vs two-stage table; optionally draw the embedding projection."""
+    """Print the FNR-alone vs two-stage table; optionally draw the embedding projection.
+
+    ``normalize`` applies the bundle's stain normalisation (when its config enables it) as ``detect`` does.
+    """
     config = config or str(DEFAULT_BUNDLE / "configs" / "train.json")
     parser = bundle_config(config)
     fnr = load_network(fnr_checkpoint or DEFAULT_BUNDLE / "models" / "fnr.pt", config, "fnr_def")
@@ -46,10 +50,11 @@ def main(
     threshold = float(parser.get("candidate_threshold", 0.5))
     min_distance_um = float(parser.get("min_distance_um", 4.0))
     vote_radius_px = float(parser.get("vote_radius_px", 2.0))
+    normalizer = stain_normalizer(parser) if normalize else None
     records = load_datalist(datalist, section)
     candidates, voted, detections, embed_points = {}, {}, {}, []
     for rec in records:
-        image = read_image_rgb(rec["image"])
+        image = normalize_field(normalizer, read_image_rgb(rec["image"]))
         res = detect_two_stage(fnr, fpr, image, rec["spacing"], threshold, min_distance_um, vote_radius_px)
         stem = Path(rec["image"]).stem
         candidates[stem], detections[stem] = res["candidates"], res["detections"]
@@ -60,7 +65,10 @@ def main(
     vote = evaluate_predictions(records, voted, radius_um=radius_um)["overall"]
     both = evaluate_predictions(records, detections, radius_um=radius_um)["overall"]
     operating = float(fpr.operating_threshold)
-    print(f"{len(records)} images, {stage1['n_gt']} mitoses, match radius {radius_um} um")
+    print(
+        f"{len(records)} images, {stage1['n_gt']} mitoses, match radius {radius_um} um, "
+        f"stain normalisation {'on' if normalizer is not None else 'off'}"
+    )
     print(f"{'stage':>11} {'TP':>5} {'FP':>5} {'FN':>5} {'precision':>9} {'recall':>7} {'F1':>6}")
     for name, r in (("FNR", stage1), ("+FPR vote", vote), (f"+p>={operating:.2f}", both)):
         print(

@@ -60,3 +60,22 @@ def test_detect_bad_input(tmp_path):
     assert r.returncode == 2 and "not a directory" in r.stderr
     r = _detect("--input", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "missing" in r.stderr
+
+
+def test_bundle_stain_normalisation_maps_a_shifted_field_towards_training_colours():
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, stain_normalizer
+    from mssn_monai.data.synthetic import StainStyle
+    from mssn_monai.inference import normalize_field
+
+    normalizer = stain_normalizer(bundle_config(DEFAULT_BUNDLE / "configs" / "train.json"))
+    assert normalizer is not None
+    train_look = generate_field((256, 256), seed=5).image
+    shifted = generate_field((256, 256), seed=5, style=StainStyle.shifted(np.random.default_rng(1))).image
+    assert normalize_field(None, shifted) is shifted
+    out = normalize_field(normalizer, shifted)
+    assert out.shape == shifted.shape and out.dtype == np.uint8
+
+    def gap(a):
+        return np.abs(a.reshape(-1, 3).mean(0) - train_look.reshape(-1, 3).mean(0)).sum()
+
+    assert gap(out) < gap(shifted)
