@@ -28,6 +28,7 @@ __all__ = [
     "write_json",
     "read_json",
     "read_image_rgb",
+    "image_size",
     "write_image",
     "list_images",
     "write_detections_csv",
@@ -146,6 +147,42 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     except (OSError, ValueError, SyntaxError, RuntimeError) as e:  # decoders raise a zoo of types
         raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
     return _to_rgb_uint8(np.asarray(arr), path)
+
+
+_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """``(width, height)`` of an image in pixels, read from its header without decoding pixels.
+
+    TIFF-based files (``.tif``, ``.tiff``, ``.svs``, ...) go through tifffile (first page = level 0),
+    other formats through Pillow's lazy ``Image.open``.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: the header cannot be read or the image has no pixels; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        if path.suffix.lower() in _TIFF_SUFFIXES:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages[0]
+                width, height = int(page.imagewidth), int(page.imagelength)
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                width, height = (int(v) for v in im.size)
+    except Exception as e:  # corrupt files raise many types (TiffFileError, struct.error, OSError, ...)
+        reason = " ".join(f"{type(e).__name__}: {e}".split())
+        raise ValueError(f"{path}: cannot read the image size ({reason})") from e
+    if width < 1 or height < 1:
+        raise ValueError(f"{path}: image has no pixels ({width}x{height})")
+    return width, height
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:

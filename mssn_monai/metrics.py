@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from monai.utils import look_up_option
 
+from mssn_monai.io import image_size
 from mssn_monai.ops.matching import MatchingMethod, match_points, pairwise_distances
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "precision_recall_f1",
     "image_area_mm2",
     "count_per_mm2",
-    "image_size",
     "select_thresholds",
     "sweep_counts",
     "best_threshold",
@@ -57,8 +57,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
 
 
 class DetectionCounts(NamedTuple):
@@ -148,40 +146,6 @@ def count_per_mm2(count: int, area_mm2: float) -> float:
     if area_mm2 <= 0:
         raise ValueError(f"area_mm2 must be > 0, got {area_mm2!r}")
     return count / area_mm2
-
-
-def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """Width and height in pixels of an image, read from its header only (level 0 / first page).
-
-    TIFF-based files (``.tif``, ``.tiff``, ``.svs``, ...) go through tifffile, others through Pillow's lazy
-    ``Image.open``.
-
-    Args:
-        path: image file.
-
-    Returns:
-        ``(width, height)`` in pixels.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the header cannot be read; the message names the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file (needed for its size in mm^2)")
-    try:
-        if path.suffix.lower() in _TIFF_SUFFIXES:
-            import tifffile
-
-            with tifffile.TiffFile(path) as tf:
-                page = tf.pages[0]
-                return int(page.imagewidth), int(page.imagelength)
-        from PIL import Image
-
-        with Image.open(path) as im:
-            return int(im.size[0]), int(im.size[1])
-    except (OSError, ValueError, SyntaxError, RuntimeError, IndexError) as e:
-        raise ValueError(f"{path}: cannot read the image size ({type(e).__name__}: {e})") from e
 
 
 def select_thresholds(scores: np.ndarray, max_thresholds: int = 101) -> np.ndarray:

@@ -13,6 +13,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from mssn_monai.io import image_size
 from mssn_monai.metrics import (
     DetectionCounts,
     best_threshold,
@@ -21,7 +22,6 @@ from mssn_monai.metrics import (
     evaluate_predictions,
     format_report,
     image_area_mm2,
-    image_size,
     precision_recall_f1,
     select_thresholds,
     sum_counts,

@@ -20,7 +20,6 @@ __all__ = [
     "check_root",
     "check_spacing",
     "reject_annotations",
-    "image_size",
     "read_number_rows",
     "check_point",
     "make_record",
@@ -72,37 +71,6 @@ def reject_annotations(annotations: str | os.PathLike | None, dataset: str, wher
         raise ValueError(
             f"{dataset} reads its annotations from {where}; an annotations file is not used, got {str(annotations)!r}"
         )
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """The ``(width, height)`` of an image in pixels, read from its header without decoding pixels.
-
-    TIFF goes through tifffile (first page = level 0), other formats through Pillow's lazy ``open``.
-
-    Raises:
-        FileNotFoundError: missing file.
-        ValueError: the header cannot be read or the image has no pixels; the message names the file.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                page = tif.pages[0]
-                width, height = int(page.imagewidth), int(page.imagelength)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                width, height = (int(v) for v in im.size)
-    except Exception as e:  # corrupt files raise many types (TiffFileError, struct.error, OSError, ...)
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        raise ValueError(f"{path}: cannot read the image ({reason})") from e
-    if width < 1 or height < 1:
-        raise ValueError(f"{path}: image has no pixels ({width}x{height})")
-    return width, height
 
 
 def read_number_rows(path: Path, expected: str, ncols: Sequence[int] | None = None) -> list[CsvRow]:

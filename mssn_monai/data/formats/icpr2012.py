@@ -31,11 +31,11 @@ from mssn_monai.data.formats._common import (
     check_point,
     check_root,
     check_spacing,
-    image_size,
     make_record,
     read_number_rows,
     reject_annotations,
 )
+from mssn_monai.io import image_size
 
 __all__ = ["ICPR2012_SPACING_UM", "read_icpr2012"]
 

@@ -33,8 +33,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mssn_monai.data.formats._common import check_point, check_root, check_spacing, image_size, make_record
-from mssn_monai.io import read_json
+from mssn_monai.data.formats._common import check_point, check_root, check_spacing, make_record
+from mssn_monai.io import image_size, read_json
 
 __all__ = ["MIDOG_SPACING_UM", "MIDOG_DATABASES", "read_midog"]
 

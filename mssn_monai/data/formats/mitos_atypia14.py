@@ -36,11 +36,11 @@ from mssn_monai.data.formats._common import (
     check_point,
     check_root,
     check_spacing,
-    image_size,
     make_record,
     read_number_rows,
     reject_annotations,
 )
+from mssn_monai.io import image_size
 
 __all__ = ["MITOS_ATYPIA14_SPACING_UM", "read_mitos_atypia14"]
 

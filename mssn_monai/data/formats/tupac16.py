@@ -28,10 +28,10 @@ from mssn_monai.data.formats._common import (
     check_point,
     check_root,
     check_spacing,
-    image_size,
     make_record,
     read_number_rows,
 )
+from mssn_monai.io import image_size
 
 __all__ = ["TUPAC16_SPACING_UM", "read_tupac16"]
 
