@@ -197,10 +197,7 @@ class HardNegativeMiner:
             spacing = float(rec["spacing"])
             cand = fnr_candidates(self.network, self.dataset.image(i), spacing, self.threshold, self.min_distance_um)
             fps = false_positive_points(cand, rec.get("mitoses", []), self.exclusion_um / spacing, self.max_per_image)
-            before = len(self.dataset.hard_negatives.get(i, ())) if hasattr(self.dataset, "hard_negatives") else 0
-            self.dataset.add_hard_negatives(i, fps)
-            after = len(self.dataset.hard_negatives.get(i, ())) if hasattr(self.dataset, "hard_negatives") else len(fps)
-            added += after - before
+            added += int(self.dataset.add_hard_negatives(i, fps))  # returns how many were new
         self.rounds += 1
         logger.info("hard-negative mining round %d: %d new points over %d images", self.rounds, added, len(records))
         return added
