@@ -193,40 +193,18 @@ def detect(
     import torch
 
     from mssn_monai import DEFAULT_SPACING_UM
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
-    from mssn_monai.inference import detect_two_stage, normalize_field, write_detection_outputs
+    from mssn_monai.inference import TwoStageDetector, write_detection_outputs
     from mssn_monai.io import for_each_image
 
-    root = Path(bundle) if bundle else DEFAULT_BUNDLE
-    config = root / "configs" / "train.json"
-    parser = bundle_config(config)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    fnr = load_network(root / "models" / "fnr.pt", config, "fnr_def", device)
-    fpr = load_network(root / "models" / "fpr.pt", config, "fpr_def", device)
     spacing = DEFAULT_SPACING_UM if spacing is None else float(spacing)
     if spacing <= 0:
         raise ValueError(f"--spacing must be > 0 um/px, got {spacing!r}")
-    settings = {
-        "candidate_threshold": float(parser["candidate_threshold"]),
-        "min_distance_um": float(parser["min_distance_um"]),
-        "vote_radius_px": float(parser["vote_radius_px"]),
-        "operating_threshold": float(fpr.operating_threshold),
-        "stain_normalization": bool(parser.get("normalize_stain", False)),
-    }
-    normalizer = stain_normalizer(parser)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    detector = TwoStageDetector.from_bundle(bundle, device)
     counts: list[tuple[str, int, float]] = []
 
     def process(stem: Path, image) -> None:
-        result = detect_two_stage(
-            fnr,
-            fpr,
-            normalize_field(normalizer, image),
-            spacing,
-            settings["candidate_threshold"],
-            settings["min_distance_um"],
-            settings["vote_radius_px"],
-        )
-        summary = write_detection_outputs(stem, image, result, spacing, settings, overlay)
+        summary = write_detection_outputs(stem, image, detector(image, spacing), spacing, detector.settings, overlay)
         counts.append((stem.name, summary["count"], summary["mitoses_per_mm2"]))
 
     for_each_image(input, out, process, desc="detect")
@@ -292,10 +270,9 @@ def demo(out: str = "demo_out", n_images: int = 8, size: tuple[int, int] = (1024
         size: field width and height in pixels.
         seed: seed of the synthetic fields (not one used for training).
     """
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
     from mssn_monai.data.prepare import prepare_datalist
-    from mssn_monai.inference import run_detection
-    from mssn_monai.io import write_json
+    from mssn_monai.inference import TwoStageDetector
+    from mssn_monai.io import detect_each_image, write_json
     from mssn_monai.metrics import evaluate_predictions, format_report
 
     root = Path(out)
@@ -304,21 +281,8 @@ def demo(out: str = "demo_out", n_images: int = 8, size: tuple[int, int] = (1024
     prepare_datalist(
         "mitos-atypia-14", root / "data", root / "datalist.json", val_fraction=0.0, test_fraction=1.0, seed=seed
     )
-    config = DEFAULT_BUNDLE / "configs" / "train.json"
-    parser = bundle_config(config)
-    fnr = load_network(DEFAULT_BUNDLE / "models" / "fnr.pt", config, "fnr_def")
-    fpr = load_network(DEFAULT_BUNDLE / "models" / "fpr.pt", config, "fpr_def")
-    run_detection(
-        fnr,
-        fpr,
-        root / "data",
-        root / "mssn",
-        spacing,
-        float(parser["candidate_threshold"]),
-        float(parser["min_distance_um"]),
-        float(parser["vote_radius_px"]),
-        normalizer=stain_normalizer(parser),
-    )
+    detector = TwoStageDetector.from_bundle()
+    detect_each_image(root / "data", root / "mssn", lambda image: detector(image, spacing)["detections"], "detect")
     baseline(str(root / "data"), str(root / "baseline"), spacing=spacing)
     print("\nMSSN two-stage detector (weights trained on synthetic data only):")
     report = evaluate_predictions(root / "datalist.json", root / "mssn", section="testing")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ __all__ = [
     "run_candidates",
     "fpr_score_candidates",
     "detect_two_stage",
-    "run_detection",
+    "TwoStageDetector",
     "write_detection_outputs",
     "normalize_field",
 ]
@@ -243,34 +244,75 @@ def run_candidates(
     )
 
 
-def run_detection(
-    fnr: nn.Module,
-    fpr: nn.Module,
-    input: str | os.PathLike,  # noqa: A002
-    out: str | os.PathLike,
-    spacing: float,
-    threshold: float = 0.5,
-    min_distance_um: float = 4.0,
-    vote_radius_px: float = 2.0,
-    device: torch.device | str | None = None,
-    normalizer: Any = None,
-) -> int:
-    """Both stages on every image under ``input``; writes ``out/<image stem>.csv`` rows ``x,y,probability``.
+@dataclass
+class TwoStageDetector:
+    """The shipped MSSN detector: stain normalisation, FNR candidates, FPR vote, operating threshold.
 
-    Unreadable images are reported and skipped (:func:`mssn_monai.io.detect_each_image`); each field is
-    first passed through ``normalizer`` (:func:`normalize_field`) when one is given.
+    Build it from a bundle with :meth:`from_bundle`; call it on an ``(H, W, 3)`` uint8 field.
 
-    Returns:
-        the number of images written.
+    Args:
+        fnr: the stage-1 ``MultiScaleFNR``.
+        fpr: the stage-2 ``SiameseEmbedding`` (references, calibration and operating threshold set).
+        candidate_threshold: minimum fused FNR probability of a candidate.
+        min_distance_um: minimum distance between candidates, in micrometres.
+        vote_radius_px: radius of the FPR vote's patch centres, in pixels.
+        normalizer: stain normaliser applied to each field first (:func:`normalize_field`), or ``None``.
     """
-    return detect_each_image(
-        input,
-        out,
-        lambda image: detect_two_stage(
-            fnr, fpr, normalize_field(normalizer, image), spacing, threshold, min_distance_um, vote_radius_px, device
-        )["detections"],
-        desc="detect",
-    )
+
+    fnr: nn.Module
+    fpr: nn.Module
+    candidate_threshold: float = 0.5
+    min_distance_um: float = 4.0
+    vote_radius_px: float = 2.0
+    normalizer: Any = None
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: str | os.PathLike | None = None, device: torch.device | str = "cpu", normalize: bool = True
+    ) -> TwoStageDetector:
+        """Load ``models/fnr.pt`` and ``models/fpr.pt`` with the settings of ``configs/train.json``.
+
+        Args:
+            bundle: the bundle folder (default: this checkout's ``bundle``).
+            device: where to run.
+            normalize: use the bundle's stain normalisation when its config enables it.
+        """
+        from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
+
+        root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
+        config = root / "configs" / "train.json"
+        parser = bundle_config(config)
+        return cls(
+            fnr=load_network(root / "models" / "fnr.pt", config, "fnr_def", device),
+            fpr=load_network(root / "models" / "fpr.pt", config, "fpr_def", device),
+            candidate_threshold=float(parser["candidate_threshold"]),
+            min_distance_um=float(parser["min_distance_um"]),
+            vote_radius_px=float(parser["vote_radius_px"]),
+            normalizer=stain_normalizer(parser) if normalize else None,
+        )
+
+    @property
+    def settings(self) -> dict[str, float | bool]:
+        """The thresholds in force, as recorded in the JSON summaries."""
+        return {
+            "candidate_threshold": self.candidate_threshold,
+            "min_distance_um": self.min_distance_um,
+            "vote_radius_px": self.vote_radius_px,
+            "operating_threshold": float(getattr(self.fpr, "operating_threshold", 0.0)),
+            "stain_normalization": self.normalizer is not None,
+        }
+
+    def __call__(self, image: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
+        """:func:`detect_two_stage` on the (normalised) field; coordinates are the field's pixels."""
+        return detect_two_stage(
+            self.fnr,
+            self.fpr,
+            normalize_field(self.normalizer, image),
+            spacing,
+            self.candidate_threshold,
+            self.min_distance_um,
+            self.vote_radius_px,
+        )
 
 
 def write_detection_outputs(
