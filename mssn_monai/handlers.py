@@ -126,6 +126,11 @@ class HardNegativeMiner:
     ``max_per_image`` of them (highest probability first) to ``dataset.add_hard_negatives``. The
     network is run in eval mode and put back in the mode it had.
 
+    Under a ``torch.distributed`` process group (``multi_gpu_train.json``) every rank must call it at
+    the same time: the network first takes rank 0's parameters and buffers, each rank mines every
+    ``world_size``-th image, and every rank adds all ranks' points in image order, so every rank's
+    dataset ends up with the hard negatives one process would have added.
+
     Args:
         dataset: a ``PatchSampleDataset`` (needs ``data`` records, ``image(i)`` and ``add_hard_negatives``).
         network: the ``MultiScaleFNR`` being trained.
@@ -188,16 +193,26 @@ class HardNegativeMiner:
         """Run one mining round now; returns the number of points added."""
         from tqdm import tqdm
 
+        from mssn_monai.distributed import all_gather_objects, broadcast_module_state, get_rank, get_world_size
         from mssn_monai.inference import fnr_candidates
 
-        added = 0
+        rank, world_size = get_rank(), get_world_size()
+        broadcast_module_state(self.network)  # no-op in one process; else every rank mines with rank 0's weights
         records = self.dataset.data
-        for i in tqdm(range(len(records)), desc="hard-negative mining", unit="image", leave=False):
+        found = {}
+        mine_here = range(rank, len(records), world_size)
+        for i in tqdm(mine_here, desc="hard-negative mining", unit="image", leave=False, disable=rank > 0):
             rec = records[i]
             spacing = float(rec["spacing"])
             cand = fnr_candidates(self.network, self.dataset.image(i), spacing, self.threshold, self.min_distance_um)
-            fps = false_positive_points(cand, rec.get("mitoses", []), self.exclusion_um / spacing, self.max_per_image)
-            added += int(self.dataset.add_hard_negatives(i, fps))  # returns how many were new
+            found[i] = false_positive_points(
+                cand, rec.get("mitoses", []), self.exclusion_um / spacing, self.max_per_image
+            )
+        for part in all_gather_objects(found):  # every rank's images; just [found] in one process
+            found.update(part)
+        added = 0
+        for i in range(len(records)):  # image order on every rank, so every rank's dataset gets the same points
+            added += int(self.dataset.add_hard_negatives(i, found[i]))  # returns how many were new
         self.rounds += 1
         logger.info("hard-negative mining round %d: %d new points over %d images", self.rounds, added, len(records))
         return added
