@@ -14,6 +14,7 @@ __all__ = [
     "bundle_config",
     "load_state_dict",
     "load_network",
+    "save_state_dict",
     "latest_checkpoint",
     "stain_normalizer",
 ]
@@ -81,6 +82,23 @@ def load_network(
     network = parser.get_parsed_content(network_id, instantiate=True)
     load_state_dict(network, checkpoint)
     return network.to(device=device, memory_format=torch.channels_last).eval()
+
+
+def save_state_dict(network: nn.Module, path: str | os.PathLike) -> str:
+    """Save ``network``'s state dict with every tensor on the CPU, atomically (temp file, then rename).
+
+    A DDP / DataParallel wrapper is unwrapped first, so the keys have no ``module.`` prefix.
+
+    Returns:
+        the path written.
+    """
+    from mssn_monai.io import atomic_write
+
+    network = getattr(network, "module", network)
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
+    return str(path)
 
 
 def latest_checkpoint(directory: str | os.PathLike, prefix: str) -> str | None:

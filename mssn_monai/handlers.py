@@ -24,6 +24,7 @@ __all__ = [
     "NearestReferenceAccuracy",
     "ReferenceBankRefresh",
     "TwoStageValidation",
+    "gap_midpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -317,14 +318,36 @@ class ReferenceBankRefresh:
         )
 
 
+def gap_midpoint(scores: np.ndarray, threshold: float) -> float:
+    """The middle of the gap below ``threshold`` in ``scores``: same decisions on ``scores``, widest margin.
+
+    Args:
+        scores: ``(N,)`` scores (e.g. calibrated probabilities of the kept candidates).
+        threshold: a threshold that keeps ``scores >= threshold``.
+
+    Returns:
+        ``(threshold + s) / 2`` where ``s`` is the highest score below ``threshold`` (0 when there is none),
+        so ``scores >= result`` keeps exactly what ``scores >= threshold`` kept.
+
+    Example:
+        >>> gap_midpoint(np.array([0.2, 0.6, 0.9]), 0.6)
+        0.4
+    """
+    below = np.asarray(scores, dtype=np.float64)
+    below = below[below < threshold]
+    return (float(threshold) + (float(below.max()) if below.size else 0.0)) / 2.0
+
+
 class TwoStageValidation:
     """Detection after both stages on held-out fields; also fits the score calibration there.
 
     When it runs (at the end of training by default), it rebuilds the reference bank, runs the FNR
     candidates and the FPR vote on every record, fits ``p = sigmoid(a * votes + b)`` by Platt scaling
     on the candidates (label 1 = matched to a mitosis within ``radius_um``), then picks the operating
-    threshold: the calibrated probability, among the candidates the vote keeps, that maximises F1 on
-    these fields (micro, ``mssn_monai.metrics``). Calibration and threshold are stored in the FPR
+    threshold: among the candidates the vote keeps, the lowest calibrated probability that maximises
+    F1 on these fields (micro, ``mssn_monai.metrics``), moved down to the middle of the gap between it
+    and the next lower probability (:func:`gap_midpoint`; the largest margin on these fields, so a
+    true mitosis scored a little lower on new fields still passes). Calibration and threshold are stored in the FPR
     network (so they are saved with its weights), and the numbers go to ``engine.state.metrics``:
     ``fields_f1``, ``fields_precision``, ``fields_recall`` at the operating threshold,
     ``fields_vote_only_f1`` (the paper's vote alone), ``fields_operating_threshold``, ``fields_fnr_fp``
@@ -335,6 +358,8 @@ class TwoStageValidation:
         fpr: the stage-2 network.
         data: held-out records (``image``, ``mitoses``, ``spacing``).
         reference_refresh: a :class:`ReferenceBankRefresh` run first (``None``: keep the current bank).
+        normalizer: stain normaliser applied to each field first (the detector's, e.g. the bundle's
+            ``stain_normalization``), or ``None``.
         threshold, min_distance_um, vote_radius_px: the detector's settings.
         radius_um: match radius in micrometres.
         event: Ignite event to run on.
@@ -346,6 +371,7 @@ class TwoStageValidation:
         fpr: torch.nn.Module,
         data: Sequence[dict[str, Any]],
         reference_refresh: ReferenceBankRefresh | None = None,
+        normalizer: Any = None,
         threshold: float = 0.5,
         min_distance_um: float = 4.0,
         vote_radius_px: float = 2.0,
@@ -354,6 +380,7 @@ class TwoStageValidation:
     ) -> None:
         self.fnr, self.fpr, self.data = fnr, fpr, list(data)
         self.reference_refresh = reference_refresh
+        self.normalizer = normalizer
         self.threshold = float(threshold)
         self.min_distance_um = float(min_distance_um)
         self.vote_radius_px = float(vote_radius_px)
@@ -375,7 +402,7 @@ class TwoStageValidation:
         )
 
     def run(self) -> dict[str, float]:
-        from mssn_monai.inference import detect_two_stage
+        from mssn_monai.inference import detect_two_stage, normalize_field
         from mssn_monai.io import read_image_rgb
         from mssn_monai.metrics import evaluate_predictions
         from mssn_monai.networks.fpr import fit_calibration
@@ -387,7 +414,7 @@ class TwoStageValidation:
         self.fpr.set_operating_threshold(0.0)
         outputs, all_votes, all_labels = {}, [], []
         for rec in self.data:
-            image = read_image_rgb(rec["image"])
+            image = normalize_field(self.normalizer, read_image_rgb(rec["image"]))
             spacing = float(rec["spacing"])
             out = detect_two_stage(
                 self.fnr, self.fpr, image, spacing, self.threshold, self.min_distance_um, self.vote_radius_px
@@ -414,7 +441,8 @@ class TwoStageValidation:
         candidates = {stem: o["candidates"] for stem, o in outputs.items()}
         vote_only = evaluate_predictions(self.data, voted, radius_um=self.radius_um, sweep=True)
         best = vote_only["sweep"]["best_threshold"]
-        operating = float(best) if best is not None else 0.0
+        scores = np.concatenate([v[:, 2] for v in voted.values()]) if voted else np.zeros(0)
+        operating = gap_midpoint(scores, float(best)) if best is not None else 0.0
         self.fpr.set_operating_threshold(operating)
         both = evaluate_predictions(self.data, voted, radius_um=self.radius_um, threshold=operating)["overall"]
         stage1 = evaluate_predictions(self.data, candidates, radius_um=self.radius_um)["overall"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mssn_monai.io import detect_each_image
-from mssn_monai.networks.fnr import FUSED_KEY, OUTPUT_STRIDE, extract_patches
+from mssn_monai.networks.fnr import FUSED_KEY, OUTPUT_STRIDE
 from mssn_monai.ops.peaks import find_peaks
 
 __all__ = [
@@ -28,7 +28,6 @@ __all__ = [
     "maps_to_candidates",
     "fnr_candidates",
     "run_candidates",
-    "fpr_score_candidates",
     "detect_two_stage",
     "TwoStageDetector",
     "write_detection_outputs",
@@ -143,55 +142,6 @@ def fnr_candidates(
     return maps_to_candidates({FUSED_KEY: maps[FUSED_KEY]}, spacing, threshold, min_distance_um)[FUSED_KEY]
 
 
-def fpr_score_candidates(
-    fpr: nn.Module,
-    image: np.ndarray,
-    candidates: np.ndarray,
-    vote_radius_px: float = 2.0,
-    device: torch.device | str | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stage 2 on one image: the 2-px vote of the Siamese network for every candidate, batched.
-
-    For each candidate, the patches centred on every integer offset within ``vote_radius_px`` (13 for
-    2 px) are cut with the FNR border rule in one gather, embedded in one (chunked) batch, compared
-    with the reference bank, and the candidate is kept when its summed mitosis similarity beats its
-    summed not-mitosis similarity (``SiameseEmbedding.score``).
-
-    Args:
-        fpr: a ``SiameseEmbedding`` with references set; run in eval mode and left in the mode it had.
-        image: ``(H, W, 3)`` uint8 RGB.
-        candidates: ``(N, 3)`` rows ``x, y, score`` in pixels.
-        vote_radius_px: radius of the vote's patch centres, in pixels.
-        device: where to run (default: the network's device).
-
-    Returns:
-        ``keep (N,) bool``, ``votes (N,)`` (mean of ``C1 - C0`` over the patches, in [-1, 1]) and
-        ``probability (N,)`` (the calibrated mitosis probability derived from the votes).
-    """
-    from mssn_monai.networks.fpr import vote_offsets
-
-    cand = np.asarray(candidates, dtype=np.float64).reshape(-1, 3)
-    n = len(cand)
-    if n == 0:
-        return np.zeros(0, bool), np.zeros(0), np.zeros(0)
-    if device is None:
-        device = next(fpr.parameters()).device
-    offsets = vote_offsets(vote_radius_px).cpu().numpy()
-    k = len(offsets)
-    centres = (np.floor(cand[:, None, :2] + 0.5) + offsets[None]).reshape(-1, 2)
-    size = int(fpr.patch_size)
-    was_training = fpr.training
-    fpr.eval()
-    try:
-        with torch.inference_mode():
-            t = image_to_tensor(image, device)[0].contiguous()
-            patches = extract_patches(t, centres, size).reshape(n, k, 3, size, size)
-            keep, votes, prob = fpr.score(patches)
-    finally:
-        fpr.train(was_training)
-    return keep.cpu().numpy().astype(bool), votes.float().cpu().numpy(), prob.float().cpu().numpy()
-
-
 def detect_two_stage(
     fnr: nn.Module,
     fpr: nn.Module,
@@ -202,21 +152,34 @@ def detect_two_stage(
     vote_radius_px: float = 2.0,
     device: torch.device | str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Both MSSN stages on one image.
+    """Both MSSN stages on one ``(H, W, 3)`` uint8 image: :meth:`MSSNDetector.detect` as numpy arrays.
 
     A candidate is reported when the FPR vote keeps it (summed mitosis similarity over its vote patches
     beats the summed not-mitosis similarity) and its calibrated probability reaches the network's
-    ``operating_threshold`` (chosen on held-out fields at training time; 0 = the vote alone).
+    ``operating_threshold`` (chosen on held-out fields at training time; 0 = the vote alone). The
+    networks run in eval mode and are left in the mode they had.
 
     Returns:
         ``{"candidates": (N, 3) x, y, fnr score, "votes": (N,), "probability": (N,), "voted": (N,) bool,
         "keep": (N,) bool, "detections": (M, 3) x, y, probability}`` for the kept candidates (``M <= N``).
     """
-    cand = fnr_candidates(fnr, image, spacing, threshold, min_distance_um, device)
-    voted, votes, prob = fpr_score_candidates(fpr, image, cand, vote_radius_px, device)
-    keep = voted & (prob >= float(getattr(fpr, "operating_threshold", 0.0)))
-    det = np.column_stack([cand[keep, :2], prob[keep]]).reshape(-1, 3)
-    return {"candidates": cand, "votes": votes, "probability": prob, "voted": voted, "keep": keep, "detections": det}
+    from mssn_monai.networks.detector import MSSNDetector
+
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+    if device is None:
+        device = next(fnr.parameters()).device
+    detector = MSSNDetector(fnr, fpr, spacing, threshold, min_distance_um, vote_radius_px).to(device)
+    modes = fnr.training, fpr.training
+    detector.eval()
+    try:
+        with torch.inference_mode():
+            source = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)
+            out = detector.detect(source, float(spacing))
+    finally:
+        fnr.train(modes[0])
+        fpr.train(modes[1])
+    return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
 
 
 def run_candidates(

@@ -76,6 +76,7 @@ __all__ = [
     "pad_symmetric",
     "extract_patch",
     "extract_patches",
+    "gather_patches",
     "conv_receptive_field",
     "MultiScaleFNR",
 ]
@@ -149,6 +150,12 @@ def _mirror_indices(start: int, length: int, size: int) -> np.ndarray:
     symmetric rule (``numpy.pad(mode="symmetric")``, repeated periodically for pads larger than the axis)."""
     idx = np.arange(start, start + length) % (2 * size)
     return np.where(idx < size, idx, 2 * size - 1 - idx)
+
+
+def _mirror_index(start: int, length: int, size: int, device: torch.device) -> torch.Tensor:
+    """Torch (TorchScript) twin of :func:`_mirror_indices`: ``(length,)`` int64 source indices on ``device``."""
+    idx = torch.remainder(torch.arange(start, start + length, device=device), 2 * size)
+    return torch.where(idx < size, idx, 2 * size - 1 - idx)
 
 
 def _take_rows_cols(image: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
@@ -264,6 +271,8 @@ def extract_patches(image: torch.Tensor | np.ndarray, points: np.ndarray, size: 
         raise ValueError(f"size must be positive, got {size!r}.")
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
     centre = np.floor(pts + 0.5).astype(np.int64)
+    if isinstance(image, torch.Tensor):
+        return gather_patches(image, torch.as_tensor(centre, device=image.device), int(size))
     offsets = np.arange(size) - size // 2
     h, w = int(image.shape[-2]), int(image.shape[-1])
 
@@ -273,11 +282,31 @@ def extract_patches(image: torch.Tensor | np.ndarray, points: np.ndarray, size: 
 
     rows = mirror(centre[:, 1, None] + offsets[None], h)  # (M, size)
     cols = mirror(centre[:, 0, None] + offsets[None], w)
-    if isinstance(image, torch.Tensor):
-        r = torch.as_tensor(rows, device=image.device)[:, :, None]
-        c = torch.as_tensor(cols, device=image.device)[:, None, :]
-        return image[:, r, c].permute(1, 0, 2, 3).contiguous()
     return np.ascontiguousarray(np.moveaxis(np.asarray(image)[:, rows[:, :, None], cols[:, None, :]], 1, 0))
+
+
+def gather_patches(image: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Square patches of a ``(C, H, W)`` tensor around integer centres, in one gather (TorchScript-able).
+
+    The torch twin of :func:`extract_patches` for centres already rounded: patch ``m`` covers rows
+    ``y_m - size // 2 .. y_m - size // 2 + size - 1`` (and the same for columns), borders mirrored by
+    the FNR rule.
+
+    Args:
+        image: ``(C, H, W)`` tensor, any dtype, ``H, W >= 1``.
+        centres: ``(M, 2)`` int64 ``x, y`` in pixels, on ``image``'s device.
+        size: patch side in pixels.
+
+    Returns:
+        ``(M, C, size, size)``, dtype and device of ``image``.
+    """
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    offsets = torch.arange(size, device=image.device) - size // 2
+    rows = torch.remainder(centres[:, 1:2] + offsets.unsqueeze(0), 2 * h)  # (M, size)
+    cols = torch.remainder(centres[:, 0:1] + offsets.unsqueeze(0), 2 * w)
+    rows = torch.where(rows < h, rows, 2 * h - 1 - rows)
+    cols = torch.where(cols < w, cols, 2 * w - 1 - cols)
+    return image[:, rows.unsqueeze(2), cols.unsqueeze(1)].permute(1, 0, 2, 3).contiguous()
 
 
 def conv_receptive_field(layers: Sequence[nn.Module]) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -338,11 +367,12 @@ class _ConvNormAct(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or self.norm.running_var is None:
+        mean, var = self.norm.running_mean, self.norm.running_var
+        if self.training or mean is None or var is None:
             return F.relu(self.norm(self.conv(x)), inplace=True)
-        scale = self.norm.weight * torch.rsqrt(self.norm.running_var + self.norm.eps)
+        scale = self.norm.weight * torch.rsqrt(var + self.norm.eps)
         weight = self.conv.weight * scale.reshape(-1, 1, 1, 1)
-        bias = self.norm.bias - self.norm.running_mean * scale
+        bias = self.norm.bias - mean * scale
         y = F.conv2d(x, weight, bias, self.conv.stride, 0, self.conv.dilation)
         return F.relu_(y)
 
@@ -387,8 +417,10 @@ class _Head(nn.Module):
         self.branches = nn.ModuleList(branches)
         self.classifier = nn.Conv2d(features * len(branches), 1, kernel_size=1)
 
-    def forward(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        feats = [branch(x) for branch, x in zip(self.branches, inputs, strict=True)]
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        feats: list[torch.Tensor] = []
+        for i, branch in enumerate(self.branches):
+            feats.append(branch(inputs[i]))
         return self.classifier(feats[0] if len(feats) == 1 else torch.cat(feats, dim=1))
 
 
@@ -484,10 +516,18 @@ class MultiScaleFNR(nn.Module):
         self.heads = nn.ModuleDict(heads)
         # Pad above/left = half the largest patch extent per axis: every branch then starts at an even
         # pixel offset (patch sizes are multiples of 4), i.e. on the stride-2 grid of stem1.
-        self.half_extent: tuple[int, int] = (
+        self.half_extent = (
             max(b.patch_size[0] for h in self.heads.values() for b in h.branches) // 2,
             max(b.patch_size[1] for h in self.heads.values() for b in h.branches) // 2,
         )
+        # Where each branch reads the stem output (static, so the forward pass is TorchScript-able):
+        # [stem phase py, px on stem1's stride-2 grid, first stride-4 cell r0, c0, branch cells h, w].
+        self.output_stride = OUTPUT_STRIDE  # attributes, not globals, for TorchScript
+        self.fused_key = FUSED_KEY
+        self._origins = {
+            name: [[*self._branch_origin(b)[0], *self._branch_origin(b)[1], *b.cells] for b in head.branches]
+            for name, head in self.heads.items()
+        }
 
     @property
     def sample_size(self) -> tuple[int, int]:
@@ -519,29 +559,30 @@ class MultiScaleFNR(nn.Module):
     def _logit_maps(self, padded: torch.Tensor, rows: int, cols: int) -> dict[str, torch.Tensor]:
         """Logit maps ``(B, 1, rows, cols)`` per sub-model from an image already padded by the dense rule."""
         x = self.stem1(padded)
-        stem: dict[tuple[int, int], torch.Tensor] = {}
-        out = {}
+        stem: dict[int, torch.Tensor] = {}  # stem2 output per phase (key 2 * py + px)
+        out: dict[str, torch.Tensor] = {}
         for name, head in self.heads.items():
-            inputs = []
-            for branch in head.branches:
-                phase, (r0, c0) = self._branch_origin(branch)
-                if phase not in stem:
-                    stem[phase] = self.stem2(x[:, :, phase[0] :, phase[1] :])
-                inputs.append(
-                    stem[phase][:, :, r0 : r0 + rows + branch.cells[0] - 1, c0 : c0 + cols + branch.cells[1] - 1]
-                )
+            inputs: list[torch.Tensor] = []
+            for o in self._origins[name]:
+                key = 2 * o[0] + o[1]
+                if key not in stem:
+                    stem[key] = self.stem2(x[:, :, o[0] :, o[1] :])
+                inputs.append(stem[key][:, :, o[2] : o[2] + rows + o[4] - 1, o[3] : o[3] + cols + o[5] - 1])
             out[name] = head(inputs)
         return out
 
     def _probability_maps(self, padded: torch.Tensor, rows: int, cols: int) -> dict[str, torch.Tensor]:
         """Sigmoid of every sub-model's logit map plus their per-cell maximum under :data:`FUSED_KEY`."""
-        probs = {name: torch.sigmoid(logit) for name, logit in self._logit_maps(padded, rows, cols).items()}
-        fused = None
-        for p in probs.values():
-            fused = p if fused is None else torch.maximum(fused, p)
-        probs[FUSED_KEY] = fused
+        probs: dict[str, torch.Tensor] = {}
+        fused = torch.empty(0)
+        for name, logit in self._logit_maps(padded, rows, cols).items():
+            p = torch.sigmoid(logit)
+            fused = p if len(probs) == 0 else torch.maximum(fused, p)
+            probs[name] = p
+        probs[self.fused_key] = fused
         return probs
 
+    @torch.jit.unused
     def _check_image(self, x: torch.Tensor, what: str) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != self.in_channels:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -565,28 +606,19 @@ class MultiScaleFNR(nn.Module):
             ValueError: when ``image`` is not a float ``(B, in_channels, H, W)`` tensor (the message
                 gives the shape received).
         """
-        self._check_image(image, "image")
-        h, w = int(image.shape[-2]), int(image.shape[-1])
-        rows, cols = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
-        qy, qx = self.half_extent
-        # Last output centre is 4 (rows - 1); its patch ends at 4 (rows - 1) + qy - 1 <= padded end.
-        padded = pad_symmetric(
-            image,
-            top=qy,
-            bottom=qy + OUTPUT_STRIDE * (rows - 1) - h,
-            left=qx,
-            right=qx + OUTPUT_STRIDE * (cols - 1) - w,
-        )
-        return self._probability_maps(padded, rows, cols)
+        if not torch.jit.is_scripting():
+            self._check_image(image, "image")
+        rows = (int(image.shape[-2]) + self.output_stride - 1) // self.output_stride
+        cols = (int(image.shape[-1]) + self.output_stride - 1) // self.output_stride
+        return self.forward_region(image, 0, rows, 0, cols)
 
-    def forward_region(
-        self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int
-    ) -> dict[str, torch.Tensor]:
+    def forward_region(self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int) -> dict[str, torch.Tensor]:
         """Cells ``[row0, row0 + rows) x [col0, col0 + cols)`` of :meth:`forward`'s maps, from that window only.
 
         Reads only the image pixels those cells' patches cover (borders mirrored by the same rule), so a
         large image can be processed in tiles whose maps, put side by side, equal the whole image's maps
-        (up to float rounding): the tiles overlap by the patch context, nothing else.
+        (up to float rounding): the tiles overlap by the patch context, nothing else. TorchScript-able
+        (``mssn_monai.networks.detector.MSSNDetector`` tiles with it).
 
         Args:
             image: ``(B, in_channels, H, W)`` float RGB in ``[0, 1]``, or uint8 (divided by 255 here,
@@ -597,18 +629,18 @@ class MultiScaleFNR(nn.Module):
             ``{name: (B, 1, rows, cols)}`` probabilities plus ``"fused"``.
         """
         if image.ndim != 4 or image.shape[1] != self.in_channels:
-            raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {tuple(image.shape)}.")
+            raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {list(image.shape)}.")
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        n_rows, n_cols = -(-h // OUTPUT_STRIDE), -(-w // OUTPUT_STRIDE)
+        n_rows, n_cols = (h + self.output_stride - 1) // self.output_stride, (w + self.output_stride - 1) // self.output_stride
         if not (0 <= row0 < row0 + rows <= n_rows and 0 <= col0 < col0 + cols <= n_cols):
             raise ValueError(
                 f"region rows [{row0}, {row0 + rows}) x cols [{col0}, {col0 + cols}) is not inside the "
                 f"{n_rows}x{n_cols} map of a {h}x{w} image."
             )
         qy, qx = self.half_extent
-        r_idx = _mirror_indices(OUTPUT_STRIDE * row0 - qy, OUTPUT_STRIDE * (rows - 1) + 2 * qy, h)
-        c_idx = _mirror_indices(OUTPUT_STRIDE * col0 - qx, OUTPUT_STRIDE * (cols - 1) + 2 * qx, w)
-        padded = _take_rows_cols(image, r_idx, c_idx)
+        r_idx = _mirror_index(self.output_stride * row0 - qy, self.output_stride * (rows - 1) + 2 * qy, h, image.device)
+        c_idx = _mirror_index(self.output_stride * col0 - qx, self.output_stride * (cols - 1) + 2 * qx, w, image.device)
+        padded = image.index_select(2, r_idx).index_select(3, c_idx)
         if not padded.is_floating_point():
             padded = padded.float().div_(255.0)
         padded = padded.contiguous(memory_format=torch.channels_last)

@@ -119,7 +119,7 @@ def distance_similarity(distances: torch.Tensor, margin: float) -> torch.Tensor:
         tensor([1.0000, 0.7500, 0.0000, 0.0000])
     """
     if not margin > 0:
-        raise ValueError(f"margin must be > 0, got {margin!r}.")
+        raise ValueError(f"margin must be > 0, got {margin}.")
     return (1.0 - distances / margin).clamp(0.0, 1.0)
 
 
@@ -182,10 +182,6 @@ class SiameseEmbedding(nn.Module):
         torch.Size([4, 32])
     """
 
-    references: torch.Tensor
-    reference_classes: torch.Tensor
-    calibration: torch.Tensor
-
     def __init__(
         self,
         patch_size: int = 96,
@@ -221,6 +217,7 @@ class SiameseEmbedding(nn.Module):
         self.normalize = bool(normalize)
         self.margin = float(margin)
         self.chunk_size = int(chunk_size)
+        self.num_classes, self.mitosis_class = NUM_CLASSES, MITOSIS_CLASS  # attributes for TorchScript
         widths = [int(in_channels)] + [int(c) for c in channels]
         self.features = nn.Sequential(
             *[_Stage(widths[i], widths[i + 1], int(convs_per_stage) - 1) for i in range(len(channels))]
@@ -246,16 +243,21 @@ class SiameseEmbedding(nn.Module):
             ValueError: on a wrong rank, channel count, patch size or a non-float dtype (the message
                 gives the shape received).
         """
+        if not torch.jit.is_scripting():
+            self._check_patches(patches)
+        x = self.features(patches).mean(dim=(-2, -1))
+        x = self.projection(x)
+        # eps keeps an all-zero embedding finite (it stays zero rather than becoming NaN).
+        return F.normalize(x, p=2.0, dim=1, eps=1e-12) if self.normalize else x
+
+    @torch.jit.unused
+    def _check_patches(self, patches: torch.Tensor) -> None:
         p, c = self.patch_size, self.in_channels
         if not isinstance(patches, torch.Tensor) or patches.ndim != 4 or tuple(patches.shape[1:]) != (c, p, p):
             got = _shape_of(patches)
             raise ValueError(f"patches must be a tensor (B, {c}, {p}, {p}), got {got}.")
         if not patches.is_floating_point():
             raise ValueError(f"patches must be float RGB in [0, 1], got dtype {patches.dtype}.")
-        x = self.features(patches).mean(dim=(-2, -1))
-        x = self.projection(x)
-        # eps keeps an all-zero embedding finite (it stays zero rather than becoming NaN).
-        return F.normalize(x, p=2.0, dim=1, eps=1e-12) if self.normalize else x
 
     def embed(self, patches: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """:meth:`forward` over ``chunk_size`` patches at a time (the same numbers in eval mode).
@@ -388,19 +390,18 @@ class SiameseEmbedding(nn.Module):
                 "SiameseEmbedding has no references: call build_references()/set_references() "
                 "or load a checkpoint that has them before computing similarities."
             )
-        if cls.shape != (refs.shape[0],):
+        if cls.ndim != 1 or cls.shape[0] != refs.shape[0]:
             raise RuntimeError(
-                f"reference bank is inconsistent: references {tuple(refs.shape)}, classes {tuple(cls.shape)}."
+                f"reference bank is inconsistent: references {list(refs.shape)}, classes {list(cls.shape)}."
             )
-        if not isinstance(embeddings, torch.Tensor) or embeddings.ndim != 2 or embeddings.shape[1] != refs.shape[1]:
-            got = _shape_of(embeddings)
-            raise ValueError(f"embeddings must be (B, {refs.shape[1]}), got {got}.")
+        if embeddings.ndim != 2 or embeddings.shape[1] != refs.shape[1]:
+            raise ValueError(f"embeddings must be (B, {refs.shape[1]}), got {list(embeddings.shape)}.")
         # The direct (non-matmul) form is exact: ||x - r|| = 0 for x == r, which the hand-made tests rely on.
         dist = torch.cdist(
             embeddings.to(refs.dtype).unsqueeze(0), refs.unsqueeze(0), compute_mode="donot_use_mm_for_euclid_dist"
         )[0]
         sim = distance_similarity(dist, self.margin)  # (B, K), >= 0, so 0 fills the other classes
-        onehot = cls.unsqueeze(0) == torch.arange(NUM_CLASSES, device=cls.device).unsqueeze(1)  # (3, K)
+        onehot = cls.unsqueeze(0) == torch.arange(self.num_classes, device=cls.device).unsqueeze(1)  # (3, K)
         return torch.where(onehot.unsqueeze(1), sim.unsqueeze(0), sim.new_zeros(())).amax(dim=-1).T
 
     def mitosis_similarity(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,8 +415,8 @@ class SiameseEmbedding(nn.Module):
             background and to mimic, both in ``[0, 1]``.
         """
         sim = self.class_similarities(embeddings)
-        others = [c for c in range(NUM_CLASSES) if c != MITOSIS_CLASS]
-        return sim[:, MITOSIS_CLASS], sim[:, others].amax(dim=1)
+        m = self.mitosis_class
+        return sim[:, m], torch.cat([sim[:, :m], sim[:, m + 1 :]], dim=1).amax(dim=1)
 
     def calibrated_score(self, votes: torch.Tensor) -> torch.Tensor:
         """``sigmoid(a * votes + b)`` with ``(a, b)`` from the ``calibration`` buffer; same shape as ``votes``."""
@@ -616,14 +617,24 @@ def fpr_vote(c1: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, torch.Te
         >>> keep.tolist(), votes.tolist()
         ([True, False], [0.25, 0.0])
     """
-    if not (isinstance(c1, torch.Tensor) and isinstance(c0, torch.Tensor)) or c1.ndim != 2 or c1.shape != c0.shape:
-        s1 = _shape_of(c1)
-        s0 = _shape_of(c0)
-        raise ValueError(f"c1 and c0 must be tensors of the same shape (N, K), got {s1} and {s0}.")
-    if c1.shape[1] == 0:
-        raise ValueError(f"need at least one vote patch per candidate, got shape {tuple(c1.shape)}.")
+    if not torch.jit.is_scripting():
+        _check_vote_inputs(c1, c0)
+    if c1.ndim != 2 or c1.shape != c0.shape or c1.shape[1] == 0:
+        raise ValueError(
+            f"c1 and c0 must have the same shape (N, K) with K >= 1, got {list(c1.shape)} and {list(c0.shape)}."
+        )
     diff = (c1 - c0).sum(dim=1)
     return diff > 0, diff / c1.shape[1]
+
+
+@torch.jit.unused
+def _check_vote_inputs(c1: Any, c0: Any) -> None:
+    if not (isinstance(c1, torch.Tensor) and isinstance(c0, torch.Tensor)) or c1.ndim != 2 or c1.shape != c0.shape:
+        raise ValueError(
+            f"c1 and c0 must be tensors of the same shape (N, K), got {_shape_of(c1)} and {_shape_of(c0)}."
+        )
+    if c1.shape[1] == 0:
+        raise ValueError(f"need at least one vote patch per candidate, got shape {tuple(c1.shape)}.")
 
 
 def fit_calibration(

@@ -216,7 +216,7 @@ def test_similarity_without_references_raises():
         net.class_similarities(torch.zeros(1, 2))
     with pytest.raises(RuntimeError, match="no references"):
         net.score(torch.zeros(0, 13, 3, 96, 96))
-    with pytest.raises(ValueError, match=r"\(B, 2\), got \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"\(B, 2\), got \[1, 3\]"):
         _hand_net().class_similarities(torch.zeros(1, 3))
 
 

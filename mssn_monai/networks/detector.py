@@ -1,0 +1,232 @@
+"""The whole MSSN detector as one ``torch.nn.Module``: FNR candidates, then the FPR vote.
+
+:class:`MSSNDetector` is the bundle's ``network_def``. It holds the stage-1 :class:`MultiScaleFNR` and
+the stage-2 :class:`SiameseEmbedding` (with its reference bank, calibration and operating threshold),
+so ``models/model.pt`` is one state dict (keys ``fnr.*`` and ``fpr.*``) and ``models/model.ts`` one
+TorchScript file (``torch.jit.script`` of this module, as ``python -m monai.bundle ckpt_export`` writes it).
+
+Steps for one image (:meth:`MSSNDetector.detect`):
+
+1. The fused FNR map at stride 4, tile by tile: each tile of ``tile_px`` x ``tile_px`` output pixels is
+   read with its patch context (:meth:`MultiScaleFNR.forward_region`: the tiles overlap by the
+   receptive field, mirrored only at the image's own borders), so the stitched map equals the map of
+   the whole image and memory is bounded by the tile size.
+2. Candidates: thresholded local maxima of the stitched map at least ``min_distance_um`` apart
+   (:func:`mssn_monai.ops.peaks_torch.find_peaks_torch`). Peaks are found once on the whole map, so a
+   mitosis on a tile seam is reported exactly once.
+3. The FPR vote: for each candidate the patches centred within ``vote_radius_px`` of it are embedded
+   (``chunk_size`` patches per pass) and compared with the reference bank; the candidate is kept when
+   its summed mitosis similarity beats its summed not-mitosis similarity (:func:`fpr_vote`) and its
+   calibrated probability reaches the FPR's ``operating_threshold``.
+
+Input
+    ``(B, 3, H, W)`` RGB, float in ``[0, 1]`` or uint8, any ``H, W >= 1`` (the bundle's preprocessing
+    loads the field and maps it onto the training stains first).
+
+Output of :meth:`MSSNDetector.forward`
+    ``(B, 1, H, W)`` float32 *detection map*: at the centre pixel of each detected mitosis its
+    calibrated probability (in ``(0, 1]``), 0 everywhere else. Points are recovered exactly with
+    :func:`detection_map_to_points` (``mssn_monai.transforms.DetectionMapToPointsd``); the image form
+    is what MONAI Label and MONAI Deploy consume (a ``(1, H, W)`` prediction).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mssn_monai.networks.fnr import OUTPUT_STRIDE, MultiScaleFNR, gather_patches
+from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
+from mssn_monai.ops.peaks_torch import find_peaks_torch
+
+__all__ = ["DEFAULT_SPACING_UM", "MSSNDetector", "detection_map_to_points"]
+
+DEFAULT_SPACING_UM = 0.2456
+"""Pixel spacing (um/px) assumed when none is given: the x40 frames of MITOS-ATYPIA-14 (Aperio)."""
+
+_MIN_SCORE = 1e-6  # a detection's value in the map is at least this, so 0 always means "nothing here"
+
+
+class MSSNDetector(nn.Module):
+    """Both MSSN stages in one module (TorchScript-able): image in, detections out.
+
+    Args:
+        fnr: the stage-1 network.
+        fpr: the stage-2 embedding with its reference bank, calibration and operating threshold set.
+        spacing_um: pixel spacing of the input in um/px, used by :meth:`forward` (converts
+            ``min_distance_um``); :meth:`detect` takes it per call.
+        candidate_threshold: minimum fused FNR probability of a candidate, in ``[0, 1]``.
+        min_distance_um: minimum distance between two candidates, in micrometres.
+        vote_radius_px: radius of the FPR vote's patch centres, in pixels (2 px: 13 patches).
+        tile_px: FNR tile size in output pixels (rounded down to a multiple of 4); bounds memory.
+
+    Raises:
+        ValueError: on a non-positive spacing or tile, a threshold outside ``[0, 1]`` or a negative distance.
+
+    Example:
+        >>> det = MSSNDetector(MultiScaleFNR(), fpr_with_references).eval()
+        >>> det(torch.rand(1, 3, 256, 256)).shape
+        torch.Size([1, 1, 256, 256])
+    """
+
+    def __init__(
+        self,
+        fnr: MultiScaleFNR,
+        fpr: SiameseEmbedding,
+        spacing_um: float = DEFAULT_SPACING_UM,
+        candidate_threshold: float = 0.5,
+        min_distance_um: float = 4.0,
+        vote_radius_px: float = 2.0,
+        tile_px: int = 2048,
+    ) -> None:
+        super().__init__()
+        if not (math.isfinite(spacing_um) and spacing_um > 0):
+            raise ValueError(f"spacing_um must be > 0 um/px, got {spacing_um!r}.")
+        if not 0.0 <= candidate_threshold <= 1.0:
+            raise ValueError(f"candidate_threshold must be in [0, 1], got {candidate_threshold!r}.")
+        if not (math.isfinite(min_distance_um) and min_distance_um >= 0):
+            raise ValueError(f"min_distance_um must be >= 0, got {min_distance_um!r}.")
+        if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px < OUTPUT_STRIDE:
+            raise ValueError(f"tile_px must be an int >= {OUTPUT_STRIDE}, got {tile_px!r}.")
+        self.fnr = fnr
+        self.fpr = fpr
+        self.spacing_um = float(spacing_um)
+        self.candidate_threshold = float(candidate_threshold)
+        self.min_distance_um = float(min_distance_um)
+        self.vote_radius_px = float(vote_radius_px)
+        self.tile_cells = int(tile_px) // OUTPUT_STRIDE
+        self.output_stride = OUTPUT_STRIDE
+        self.min_score = _MIN_SCORE
+        self.patch_size = int(fpr.patch_size)
+        self.chunk_size = int(fpr.chunk_size)
+        self.register_buffer("offsets", vote_offsets(vote_radius_px), persistent=False)
+
+    @torch.jit.export
+    def fused_map(self, image: torch.Tensor) -> torch.Tensor:
+        """Stage 1: the fused FNR probability map of one image, computed tile by tile.
+
+        Args:
+            image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
+
+        Returns:
+            ``(ceil(H / 4), ceil(W / 4))`` float32; cell ``[i, j]`` scores the patch centred at pixel
+            ``(x, y) = (4 j, 4 i)``.
+        """
+        source = image.unsqueeze(0)
+        h, w = int(image.shape[-2]), int(image.shape[-1])
+        n_rows = (h + self.output_stride - 1) // self.output_stride
+        n_cols = (w + self.output_stride - 1) // self.output_stride
+        fused = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=image.device)
+        for r0 in range(0, n_rows, self.tile_cells):
+            for c0 in range(0, n_cols, self.tile_cells):
+                rows, cols = min(self.tile_cells, n_rows - r0), min(self.tile_cells, n_cols - c0)
+                maps = self.fnr.forward_region(source, r0, rows, c0, cols)
+                fused[r0 : r0 + rows, c0 : c0 + cols] = maps[self.fnr.fused_key][0, 0].float()
+        return fused
+
+    @torch.jit.export
+    def vote(self, image: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage 2: the FPR vote of every candidate, ``chunk_size`` patches per forward pass.
+
+        Args:
+            image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
+            candidates: ``(N, 2+)`` rows starting ``x, y`` in pixels (rounded to the nearest pixel).
+
+        Returns:
+            ``voted (N,) bool`` (the paper's vote), ``votes (N,)`` in ``[-1, 1]`` (mean ``C1 - C0``)
+            and ``probability (N,)`` (``SiameseEmbedding.calibrated_score`` of the votes).
+        """
+        n, k = int(candidates.shape[0]), int(self.offsets.shape[0])
+        centres = torch.floor(candidates[:, :2].double() + 0.5).long()
+        centres = (centres.unsqueeze(1) + self.offsets.unsqueeze(0)).reshape(-1, 2)  # (N * K, 2)
+        per_chunk = max(self.chunk_size // k, 1) * k  # whole candidates per chunk
+        c1_parts: list[torch.Tensor] = []
+        c0_parts: list[torch.Tensor] = []
+        for start in range(0, n * k, per_chunk):
+            patches = gather_patches(image, centres[start : start + per_chunk], self.patch_size)
+            if not patches.is_floating_point():
+                patches = patches.float().div_(255.0)
+            c1, c0 = self.fpr.mitosis_similarity(self.fpr(patches))
+            c1_parts.append(c1)
+            c0_parts.append(c0)
+        if n == 0:
+            empty = torch.zeros(0, dtype=self.fpr.calibration.dtype, device=image.device)
+            return empty > 0, empty, self.fpr.calibrated_score(empty)
+        voted, votes = fpr_vote(torch.cat(c1_parts).reshape(n, k), torch.cat(c0_parts).reshape(n, k))
+        return voted, votes, self.fpr.calibrated_score(votes)
+
+    @torch.jit.export
+    def detect(self, image: torch.Tensor, spacing_um: float) -> dict[str, torch.Tensor]:
+        """Both stages on one image.
+
+        Args:
+            image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8, any ``H, W >= 1``.
+            spacing_um: its pixel spacing in um/px.
+
+        Returns:
+            ``{"candidates": (N, 3) x, y, fused FNR probability, "votes": (N,), "probability": (N,),
+            "voted": (N,) bool, "keep": (N,) bool, "detections": (M, 3) x, y, probability}`` in input
+            pixels, candidates by descending FNR probability; ``detections`` are the kept candidates.
+        """
+        if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
+            raise ValueError(f"image must be (3, H, W) RGB with H, W >= 1, got {list(image.shape)}.")
+        if not spacing_um > 0:
+            raise ValueError(f"spacing_um must be > 0 um/px, got {spacing_um}.")
+        fused = self.fused_map(image)
+        candidates = find_peaks_torch(
+            fused, self.candidate_threshold, self.min_distance_um / spacing_um, self.output_stride
+        )
+        voted, votes, probability = self.vote(image, candidates)
+        keep = voted & (probability >= self.fpr.operating_threshold)
+        detections = torch.cat([candidates[keep][:, :2], probability[keep].unsqueeze(1).to(candidates.dtype)], dim=1)
+        return {
+            "candidates": candidates,
+            "votes": votes,
+            "probability": probability,
+            "voted": voted,
+            "keep": keep,
+            "detections": detections,
+        }
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Detection maps of a batch of images (spacing :attr:`spacing_um`).
+
+        Args:
+            image: ``(B, 3, H, W)`` float RGB in ``[0, 1]`` or uint8.
+
+        Returns:
+            ``(B, 1, H, W)`` float32: each detected mitosis's calibrated probability (at least 1e-6) at
+            its centre pixel, 0 elsewhere.
+        """
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W) RGB, got {list(image.shape)}.")
+        b, h, w = int(image.shape[0]), int(image.shape[2]), int(image.shape[3])
+        out = torch.zeros((b, 1, h, w), dtype=torch.float32, device=image.device)
+        for i in range(b):
+            det = self.detect(image[i], self.spacing_um)["detections"]
+            xs, ys = det[:, 0].long(), det[:, 1].long()
+            out[i, 0, ys, xs] = det[:, 2].float().clamp(min=self.min_score)
+        return out
+
+
+def detection_map_to_points(detection_map: torch.Tensor) -> torch.Tensor:
+    """Detections ``(N, 3)`` of ``x, y, probability`` from one ``(1, H, W)`` or ``(H, W)`` detection map.
+
+    The inverse of :meth:`MSSNDetector.forward` for one image: every non-zero pixel is a detection.
+    Rows are sorted by descending probability, ties in raster order (row, then column).
+
+    Args:
+        detection_map: ``(H, W)`` or ``(1, H, W)`` tensor.
+
+    Returns:
+        ``(N, 3)`` float64 ``x, y, probability`` in pixels, on the map's device.
+    """
+    m = detection_map.reshape(detection_map.shape[-2], detection_map.shape[-1]) if detection_map.ndim == 3 else detection_map
+    if m.ndim != 2:
+        raise ValueError(f"detection_map must be (H, W) or (1, H, W), got {list(detection_map.shape)}.")
+    ys, xs = torch.nonzero(m, as_tuple=True)
+    scores = m[ys, xs].double()
+    order = torch.sort(-scores, stable=True).indices
+    return torch.stack([xs[order].double(), ys[order].double(), scores[order]], dim=1)
