@@ -87,13 +87,18 @@ def load_network(
 def save_state_dict(network: nn.Module, path: str | os.PathLike) -> str:
     """Save ``network``'s state dict with every tensor on the CPU, atomically (temp file, then rename).
 
-    A DDP / DataParallel wrapper is unwrapped first, so the keys have no ``module.`` prefix.
+    A DDP / DataParallel wrapper is unwrapped first, so the keys have no ``module.`` prefix. Under a
+    ``torch.distributed`` process group only rank 0 writes (as Ignite's ``DiskSaver`` does): the other
+    ranks' networks lack what rank 0 alone computes (the FPR reference bank and calibration).
 
     Returns:
-        the path written.
+        the path written (by rank 0).
     """
+    from mssn_monai.distributed import get_rank
     from mssn_monai.io import atomic_write
 
+    if get_rank() > 0:
+        return str(path)
     network = getattr(network, "module", network)
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
     with atomic_write(path, "wb") as f:

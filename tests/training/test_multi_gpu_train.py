@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mssn_monai.checkpoints import load_network
+import mssn_monai.distributed
+from mssn_monai.checkpoints import load_network, save_state_dict
 from mssn_monai.distributed import MethodAsForward, all_gather_objects, broadcast_module_state, log_rank_summary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,6 +76,16 @@ def test_single_process_helpers_are_no_ops():
 
     line = log_rank_summary({"fnr": _Engine()}, {"fnr": net})
     assert line.startswith("rank 0 of 1: fnr 3 iterations, fnr parameter checksum ")
+
+
+def test_save_state_dict_writes_on_rank_zero_only(tmp_path, monkeypatch):
+    net = torch.nn.Linear(2, 1)
+    monkeypatch.setattr(mssn_monai.distributed, "get_rank", lambda: 1)
+    save_state_dict(net, tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+    monkeypatch.setattr(mssn_monai.distributed, "get_rank", lambda: 0)
+    save_state_dict(net, tmp_path / "model.pt")
+    assert sorted(torch.load(tmp_path / "model.pt")) == ["bias", "weight"]
 
 
 @pytest.mark.slow
