@@ -184,8 +184,8 @@ def detect(
     Args:
         input: an image file or a folder of images (TIFF, PNG, JPEG, BMP; searched recursively).
         out: output folder.
-        bundle: the bundle folder holding ``configs/train.json`` and ``models/fnr.pt`` + ``fpr.pt``
-            (default: this checkout's ``bundle``).
+        bundle: the bundle folder holding ``configs/inference.json`` and ``models/model.pt``
+            (default: this checkout's ``bundle``); the same detector as the bundle's inference workflow.
         spacing: pixel spacing in um/px (default 0.2456).
         overlay: also write ``<stem>_overlay.png`` with the detections drawn.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
@@ -258,36 +258,49 @@ def evaluate(
         print(f"wrote {out}")
 
 
-def demo(out: str = "demo_out", n_images: int = 8, size: tuple[int, int] = (1024, 1024), seed: int = 2026) -> None:
-    """The main job on an embedded default: generate fields, detect mitoses, print per-image counts and metrics.
+def demo(out: str = "demo_out", samples: str | None = None, section: str = "testing") -> None:
+    """The main job: two-stage detection with the shipped weights on the shipped sample fields, then metrics.
 
-    The detector is the two-stage MSSN with the bundle's shipped weights (``bundle/models/fnr.pt`` and
-    ``fpr.pt``, trained on synthetic data only); the classical baseline runs beside it for comparison.
+    Runs the bundle's detector (``bundle/configs/inference.json`` + ``bundle/models/model.pt``, weights
+    trained on synthetic data only) on every field of the sample datalist, writes each field's CSV,
+    GeoJSON and JSON under ``OUT/mssn``, prints per-field counts (detected vs annotated) and the
+    precision / recall / F1 against the annotations; the classical baseline runs beside it for comparison.
+
+    Typical usage::
+
+        python -m mssn_monai demo
 
     Args:
-        out: working folder (synthetic data, datalist, detections, metrics).
-        n_images: number of synthetic fields.
-        size: field width and height in pixels.
-        seed: seed of the synthetic fields (not one used for training).
+        out: output folder.
+        samples: a labelled datalist (default: ``bundle/samples/datalist.json``, 8 synthetic fields
+            that were not used for training).
+        section: the datalist section to run on.
     """
-    from mssn_monai.data.prepare import prepare_datalist
-    from mssn_monai.inference import TwoStageDetector
-    from mssn_monai.io import detect_each_image, write_json
+    from mssn_monai import DEFAULT_SPACING_UM
+    from mssn_monai.baseline import detect_baseline
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE
+    from mssn_monai.data.datalist import load_datalist
+    from mssn_monai.inference import TwoStageDetector, write_detection_outputs
+    from mssn_monai.io import read_image_rgb, write_detections_csv, write_json
     from mssn_monai.metrics import evaluate_predictions, format_report
 
     root = Path(out)
-    spacing = 0.2455  # the synthetic fields' spacing, which prepare's MITOS-ATYPIA-14 reader assumes
-    synth(str(root / "data"), n_images=n_images, size=size, seed=seed, spacing=spacing)
-    prepare_datalist(
-        "mitos-atypia-14", root / "data", root / "datalist.json", val_fraction=0.0, test_fraction=1.0, seed=seed
-    )
+    datalist = Path(samples) if samples is not None else DEFAULT_BUNDLE / "samples" / "datalist.json"
+    records = load_datalist(datalist, section)
     detector = TwoStageDetector.from_bundle()
-    detect_each_image(root / "data", root / "mssn", lambda image: detector(image, spacing)["detections"], "detect")
-    baseline(str(root / "data"), str(root / "baseline"), spacing=spacing)
-    print("\nMSSN two-stage detector (weights trained on synthetic data only):")
-    report = evaluate_predictions(root / "datalist.json", root / "mssn", section="testing")
+    print(f"MSSN two-stage detector (weights trained on synthetic data only) on {len(records)} fields of {datalist}:")
+    for rec in records:
+        stem = Path(rec["image"]).stem
+        spacing = float(rec.get("spacing", DEFAULT_SPACING_UM))
+        image = read_image_rgb(rec["image"])
+        summary = write_detection_outputs(
+            root / "mssn" / stem, image, detector(image, spacing), spacing, detector.settings
+        )
+        write_detections_csv(root / "baseline" / f"{stem}.csv", detect_baseline(image, spacing))
+        print(f"  {stem}: {summary['count']} detected, {len(rec.get('mitoses', []))} annotated")
+    report = evaluate_predictions(datalist, root / "mssn", section=section)
     print(format_report(report))
-    base = evaluate_predictions(root / "datalist.json", root / "baseline", section="testing")["overall"]
+    base = evaluate_predictions(datalist, root / "baseline", section=section)["overall"]
     print(
         f"classical baseline for comparison: precision {base['precision']:.3f} recall {base['recall']:.3f} "
         f"F1 {base['f1']:.3f}"

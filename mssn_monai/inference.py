@@ -209,92 +209,85 @@ def run_candidates(
 
 @dataclass
 class TwoStageDetector:
-    """The shipped MSSN detector: stain normalisation, FNR candidates, FPR vote, operating threshold.
+    """The shipped MSSN detector for ``(H, W, 3)`` uint8 fields: stain normalisation, then :class:`MSSNDetector`.
 
-    Build it from a bundle with :meth:`from_bundle`; call it on an ``(H, W, 3)`` uint8 field.
+    Build it from a bundle with :meth:`from_bundle`: the same ``network_def``, weights
+    (``models/model.pt``) and stain normalisation as ``configs/inference.json``, applied in the same
+    order (uint8 / 255, normalise, detect), so ``detect`` and the bundle workflow give the same detections.
 
     Args:
-        fnr: the stage-1 ``MultiScaleFNR``.
-        fpr: the stage-2 ``SiameseEmbedding`` (references, calibration and operating threshold set).
-        candidate_threshold: minimum fused FNR probability of a candidate.
-        min_distance_um: minimum distance between candidates, in micrometres.
-        vote_radius_px: radius of the FPR vote's patch centres, in pixels.
-        normalizer: stain normaliser applied to each field first (:func:`normalize_field`), or ``None``.
+        detector: the two-stage ``MSSNDetector`` (eval mode, weights loaded).
+        normalizer: stain normaliser ``(3, H, W) float -> (3, H, W)`` applied first, or ``None``.
     """
 
-    fnr: nn.Module
-    fpr: nn.Module
-    candidate_threshold: float = 0.5
-    min_distance_um: float = 4.0
-    vote_radius_px: float = 2.0
+    detector: nn.Module
     normalizer: Any = None
 
     @classmethod
     def from_bundle(
         cls, bundle: str | os.PathLike | None = None, device: torch.device | str = "cpu", normalize: bool = True
     ) -> TwoStageDetector:
-        """Load ``models/fnr.pt`` and ``models/fpr.pt`` with the settings of ``configs/train.json``.
+        """Load ``models/model.pt`` into ``network_def`` of ``configs/inference.json``.
 
         Args:
             bundle: the bundle folder (default: this checkout's ``bundle``).
             device: where to run.
             normalize: use the bundle's stain normalisation when its config enables it.
+
+        Raises:
+            FileNotFoundError: missing config or weights.
+            ValueError: weights that do not match the network, or a stage 2 without a reference bank.
         """
-        from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
+        from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_network, stain_normalizer
 
         root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
-        config = root / "configs" / "train.json"
-        parser = bundle_config(config)
-        return cls(
-            fnr=load_network(root / "models" / "fnr.pt", config, "fnr_def", device),
-            fpr=load_network(root / "models" / "fpr.pt", config, "fpr_def", device),
-            candidate_threshold=float(parser["candidate_threshold"]),
-            min_distance_um=float(parser["min_distance_um"]),
-            vote_radius_px=float(parser["vote_radius_px"]),
-            normalizer=stain_normalizer(parser) if normalize else None,
-        )
+        config = root / "configs" / "inference.json"
+        weights = root / "models" / "model.pt"
+        detector = load_network(weights, config, "network_def", device)
+        if detector.fpr.references.shape[0] == 0:
+            raise ValueError(f"{weights}: stage 2 has no reference bank (untrained FPR); train with configs/train.json")
+        from mssn_monai.checkpoints import bundle_config
+
+        return cls(detector=detector, normalizer=stain_normalizer(bundle_config(config)) if normalize else None)
 
     @property
     def settings(self) -> dict[str, float | bool]:
         """The thresholds in force, as recorded in the JSON summaries."""
-        return {
-            "candidate_threshold": self.candidate_threshold,
-            "min_distance_um": self.min_distance_um,
-            "vote_radius_px": self.vote_radius_px,
-            "operating_threshold": float(getattr(self.fpr, "operating_threshold", 0.0)),
-            "stain_normalization": self.normalizer is not None,
-        }
+        return {**self.detector.settings(), "stain_normalization": self.normalizer is not None}
 
     def __call__(self, image: np.ndarray, spacing: float) -> dict[str, np.ndarray]:
-        """:func:`detect_two_stage` on the (normalised) field; coordinates are the field's pixels."""
-        return detect_two_stage(
-            self.fnr,
-            self.fpr,
-            normalize_field(self.normalizer, image),
-            spacing,
-            self.candidate_threshold,
-            self.min_distance_um,
-            self.vote_radius_px,
-        )
+        """Detections of one ``(H, W, 3)`` uint8 field; see :meth:`MSSNDetector.detect` for the keys."""
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"image must be (H, W, 3) RGB, got shape {image.shape}")
+        device = next(self.detector.parameters()).device
+        field = torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1).float().div_(255.0)
+        if self.normalizer is not None:
+            field = torch.as_tensor(self.normalizer(field))
+        with torch.inference_mode():
+            out = self.detector.detect(field.to(device), float(spacing))
+        return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
 
 
 def write_detection_outputs(
     stem: Path,
-    image: np.ndarray,
+    image: np.ndarray | None,
     result: Mapping[str, np.ndarray],
     spacing: float,
     settings: Mapping[str, float],
     overlay: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> dict:
     """Write one image's detections as ``<stem>.csv``, ``.geojson``, ``.json`` (and ``_overlay.png``).
 
     Args:
         stem: output path without suffix (``out/<image stem>``).
-        image: ``(H, W, 3)`` uint8 RGB (for the size, and the overlay).
-        result: :func:`detect_two_stage` output.
+        image: ``(H, W, 3)`` uint8 RGB (for the size, and the overlay); may be ``None`` without overlay
+            when ``size`` is given.
+        result: :func:`detect_two_stage` output (``"detections"``; ``"candidates"`` when known).
         spacing: pixel spacing in um/px (for the count per mm^2).
         settings: the thresholds used, recorded in the summary.
         overlay: also draw the detections on the image as a PNG.
+        size: ``(H, W)`` of the image when ``image`` is not given.
 
     Returns:
         the JSON summary.
@@ -302,7 +295,9 @@ def write_detection_outputs(
     from mssn_monai.io import detections_to_geojson, write_detections_csv, write_image, write_json
 
     det = np.asarray(result["detections"], dtype=np.float64).reshape(-1, 3)
-    h, w = image.shape[:2]
+    if image is None and (size is None or overlay):
+        raise ValueError("write_detection_outputs needs the image (for an overlay) or its size.")
+    h, w = image.shape[:2] if image is not None else (int(size[0]), int(size[1]))
     area_mm2 = w * h * spacing**2 / 1e6
     summary = {
         "image": stem.name,
@@ -312,7 +307,7 @@ def write_detection_outputs(
         "area_mm2": area_mm2,
         "count": len(det),
         "mitoses_per_mm2": len(det) / area_mm2 if area_mm2 > 0 else 0.0,
-        "candidates": len(result["candidates"]),
+        "candidates": len(result["candidates"]) if "candidates" in result else None,
         "settings": dict(settings),
         "detections": [[round(float(x), 2), round(float(y), 2), float(p)] for x, y, p in det],
         "note": "weights trained on synthetic data only unless retrained: not for use on real slides as shipped",

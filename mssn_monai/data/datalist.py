@@ -29,7 +29,7 @@ import numpy as np
 
 from mssn_monai.io import read_json, write_json
 
-__all__ = ["DatalistKeys", "SECTIONS", "split_by_group", "write_datalist", "load_datalist"]
+__all__ = ["DatalistKeys", "SECTIONS", "split_by_group", "write_datalist", "load_datalist", "inference_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,3 +259,41 @@ def load_datalist(
     if section == "all":
         return [r for name in wanted for r in loaded[name]]
     return loaded[section]
+
+
+def inference_records(source: str | os.PathLike, section: str = "testing") -> list[dict[str, Any]]:
+    """Records ``{"image": path}`` to run a detector on: an image file, a folder of images, or a datalist.
+
+    Images whose header cannot be read are left out with one warning line each (the others are still
+    processed); a datalist keeps its records' other keys (``spacing``, ``mitoses``, ...).
+
+    Args:
+        source: an image file, a folder (searched recursively for ``mssn_monai.io.IMAGE_SUFFIXES``), or a
+            datalist ``.json``.
+        section: the datalist section to read (``"all"`` for every section).
+
+    Returns:
+        the records, in file order.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: no image at all, no readable image, or an invalid datalist (the message names it).
+    """
+    from mssn_monai.io import image_size, list_images
+
+    source = Path(source)
+    if source.suffix.lower() == ".json":
+        records = list(load_datalist(source, section))
+    else:
+        records = [{DatalistKeys.IMAGE: str(p)} for p in list_images(source)]
+    readable = []
+    for record in records:
+        try:
+            image_size(record[DatalistKeys.IMAGE])
+        except (OSError, ValueError) as e:
+            logger.warning("skipping %s", e)
+            continue
+        readable.append(record)
+    if not readable:
+        raise ValueError(f"{source}: none of its {len(records)} image(s) could be read")
+    return readable

@@ -37,14 +37,12 @@ import math
 import torch
 from torch import nn
 
+from mssn_monai import DEFAULT_SPACING_UM
 from mssn_monai.networks.fnr import OUTPUT_STRIDE, MultiScaleFNR, gather_patches
 from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
 from mssn_monai.ops.peaks_torch import find_peaks_torch
 
-__all__ = ["DEFAULT_SPACING_UM", "MSSNDetector", "detection_map_to_points"]
-
-DEFAULT_SPACING_UM = 0.2456
-"""Pixel spacing (um/px) assumed when none is given: the x40 frames of MITOS-ATYPIA-14 (Aperio)."""
+__all__ = ["MSSNDetector", "detection_map_to_points"]
 
 _MIN_SCORE = 1e-6  # a detection's value in the map is at least this, so 0 always means "nothing here"
 
@@ -103,6 +101,17 @@ class MSSNDetector(nn.Module):
         self.chunk_size = int(fpr.chunk_size)
         self.register_buffer("offsets", vote_offsets(vote_radius_px), persistent=False)
 
+    @torch.jit.unused
+    def settings(self) -> dict[str, float]:
+        """The detector's thresholds and distances in force (recorded in each image's JSON summary)."""
+        return {
+            "spacing_um": self.spacing_um,
+            "candidate_threshold": self.candidate_threshold,
+            "min_distance_um": self.min_distance_um,
+            "vote_radius_px": self.vote_radius_px,
+            "operating_threshold": float(self.fpr.operating_threshold),
+        }
+
     @torch.jit.export
     def fused_map(self, image: torch.Tensor) -> torch.Tensor:
         """Stage 1: the fused FNR probability map of one image, computed tile by tile.
@@ -136,9 +145,13 @@ class MSSNDetector(nn.Module):
 
         Returns:
             ``voted (N,) bool`` (the paper's vote), ``votes (N,)`` in ``[-1, 1]`` (mean ``C1 - C0``)
-            and ``probability (N,)`` (``SiameseEmbedding.calibrated_score`` of the votes).
+            and ``probability (N,)`` (``SiameseEmbedding.calibrated_score`` of the votes). An FPR
+            without references (untrained) keeps nothing: votes 0, ``voted`` all false.
         """
         n, k = int(candidates.shape[0]), int(self.offsets.shape[0])
+        if n == 0 or self.fpr.references.shape[0] == 0:  # nothing to vote on, or an untrained FPR: keep nothing
+            votes = torch.zeros(n, dtype=self.fpr.calibration.dtype, device=image.device)
+            return votes > 0, votes, self.fpr.calibrated_score(votes)
         centres = torch.floor(candidates[:, :2].double() + 0.5).long()
         centres = (centres.unsqueeze(1) + self.offsets.unsqueeze(0)).reshape(-1, 2)  # (N * K, 2)
         per_chunk = max(self.chunk_size // k, 1) * k  # whole candidates per chunk
@@ -151,9 +164,6 @@ class MSSNDetector(nn.Module):
             c1, c0 = self.fpr.mitosis_similarity(self.fpr(patches))
             c1_parts.append(c1)
             c0_parts.append(c0)
-        if n == 0:
-            empty = torch.zeros(0, dtype=self.fpr.calibration.dtype, device=image.device)
-            return empty > 0, empty, self.fpr.calibrated_score(empty)
         voted, votes = fpr_vote(torch.cat(c1_parts).reshape(n, k), torch.cat(c0_parts).reshape(n, k))
         return voted, votes, self.fpr.calibrated_score(votes)
 
@@ -223,7 +233,11 @@ def detection_map_to_points(detection_map: torch.Tensor) -> torch.Tensor:
     Returns:
         ``(N, 3)`` float64 ``x, y, probability`` in pixels, on the map's device.
     """
-    m = detection_map.reshape(detection_map.shape[-2], detection_map.shape[-1]) if detection_map.ndim == 3 else detection_map
+    m = (
+        detection_map.reshape(detection_map.shape[-2], detection_map.shape[-1])
+        if detection_map.ndim == 3
+        else detection_map
+    )
     if m.ndim != 2:
         raise ValueError(f"detection_map must be (H, W) or (1, H, W), got {list(detection_map.shape)}.")
     ys, xs = torch.nonzero(m, as_tuple=True)

@@ -1,4 +1,4 @@
-"""MONAI-style transforms for domain shift: stain and HSV jitter, JPEG artefacts, stain normalisation; loading.
+"""MONAI-style transforms: stain and HSV jitter, JPEG artefacts, stain normalisation; loading; detection outputs.
 
 Array transforms (:mod:`~mssn_monai.transforms.array`) do the work; dictionary transforms
 (:mod:`~mssn_monai.transforms.dictionary`, suffix ``d``) wrap them for ``Compose`` chains in the bundle.
@@ -17,6 +17,13 @@ from mssn_monai.transforms.array import (
     estimate_he_stains,
     od_to_rgb,
     rgb_to_od,
+)
+from mssn_monai.transforms.detections import (
+    DetectionMapToPoints,
+    DetectionMapToPointsd,
+    PointsToDisks,
+    PointsToDisksd,
+    SaveDetectionsd,
 )
 from mssn_monai.transforms.dictionary import (
     NormalizeHEStaind,
@@ -42,6 +49,11 @@ __all__ = [
     "RandJPEGCompressiond",
     "LoadRGB",
     "LoadRGBd",
+    "DetectionMapToPoints",
+    "DetectionMapToPointsd",
+    "PointsToDisks",
+    "PointsToDisksd",
+    "SaveDetectionsd",
     "estimate_he_stains",
     "od_to_rgb",
     "rgb_to_od",
