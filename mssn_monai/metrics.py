@@ -54,6 +54,7 @@ __all__ = [
     "best_threshold",
     "evaluate_predictions",
     "format_report",
+    "write_evaluation",
 ]
 
 logger = logging.getLogger(__name__)
@@ -521,3 +522,49 @@ def format_report(report: Mapping[str, Any]) -> str:
                 f"recall {sw['best_recall']:.3f})"
             )
     return "\n".join(lines)
+
+
+def write_evaluation(
+    datalist: str | os.PathLike,
+    pred: str | os.PathLike,
+    out_json: str | os.PathLike,
+    out_png: str | os.PathLike | None = None,
+    section: str = "testing",
+    radius_um: float = 8.0,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """Score a folder of detections, write the report as JSON and a precision-recall curve as PNG.
+
+    The bundle's ``evaluate.json`` calls this after writing every field's detections with all voted
+    candidates (operating threshold 0), so the curve covers every threshold and ``overall`` gives the
+    numbers at the detector's own operating ``threshold``.
+
+    Args:
+        datalist: labelled datalist JSON.
+        pred: folder of ``<image stem>.csv`` rows ``x,y,score``.
+        out_json: report file (:func:`evaluate_predictions` with ``sweep=True``).
+        out_png: precision-recall curve picture (``None``: none).
+        section: the datalist section.
+        radius_um: match radius in micrometres.
+        threshold: the operating threshold the ``overall`` numbers use (``None``: every detection).
+
+    Returns:
+        the report.
+    """
+    from mssn_monai.io import write_image, write_json
+
+    report = evaluate_predictions(datalist, pred, section=section, radius_um=radius_um, threshold=threshold, sweep=True)
+    write_json(out_json, report)
+    logger.info("%s", format_report(report))
+    if out_png is not None:
+        from mssn_monai.visualize import draw_pr_curve
+
+        sw, overall = report["sweep"], report["overall"]
+        picture = draw_pr_curve(
+            sw["recall"],
+            sw["precision"],
+            marker=(overall["recall"], overall["precision"]),
+            title=f"F1 {overall['f1']:.3f} at the operating threshold (red)",
+        )
+        write_image(out_png, picture)
+    return report

@@ -59,6 +59,9 @@ class MSSNDetector(nn.Module):
         min_distance_um: minimum distance between two candidates, in micrometres.
         vote_radius_px: radius of the FPR vote's patch centres, in pixels (2 px: 13 patches).
         tile_px: FNR tile size in output pixels (rounded down to a multiple of 4); bounds memory.
+        operating_threshold: minimum calibrated probability of a detection; ``None`` uses the one stored
+            with the FPR weights (chosen on validation fields); 0 reports every candidate the vote keeps
+            (the bundle's ``evaluate.json`` does, to draw the whole precision-recall curve).
 
     Raises:
         ValueError: on a non-positive spacing or tile, a threshold outside ``[0, 1]`` or a negative distance.
@@ -78,6 +81,7 @@ class MSSNDetector(nn.Module):
         min_distance_um: float = 4.0,
         vote_radius_px: float = 2.0,
         tile_px: int = 2048,
+        operating_threshold: float | None = None,
     ) -> None:
         super().__init__()
         if not (math.isfinite(spacing_um) and spacing_um > 0):
@@ -88,7 +92,10 @@ class MSSNDetector(nn.Module):
             raise ValueError(f"min_distance_um must be >= 0, got {min_distance_um!r}.")
         if isinstance(tile_px, bool) or not isinstance(tile_px, int) or tile_px < OUTPUT_STRIDE:
             raise ValueError(f"tile_px must be an int >= {OUTPUT_STRIDE}, got {tile_px!r}.")
+        if operating_threshold is not None and not 0.0 <= operating_threshold <= 1.0:
+            raise ValueError(f"operating_threshold must be in [0, 1] or None, got {operating_threshold!r}.")
         self.fnr = fnr
+        self.threshold_override = -1.0 if operating_threshold is None else float(operating_threshold)
         self.fpr = fpr
         self.spacing_um = float(spacing_um)
         self.candidate_threshold = float(candidate_threshold)
@@ -109,8 +116,14 @@ class MSSNDetector(nn.Module):
             "candidate_threshold": self.candidate_threshold,
             "min_distance_um": self.min_distance_um,
             "vote_radius_px": self.vote_radius_px,
-            "operating_threshold": float(self.fpr.operating_threshold),
+            "operating_threshold": self.operating_threshold(),
         }
+
+    def operating_threshold(self) -> float:
+        """The minimum calibrated probability of a detection in force (the override, else the stored one)."""
+        if self.threshold_override >= 0:
+            return self.threshold_override
+        return float(self.fpr.operating_threshold)
 
     @torch.jit.export
     def fused_map(self, image: torch.Tensor) -> torch.Tensor:
@@ -189,7 +202,7 @@ class MSSNDetector(nn.Module):
             fused, self.candidate_threshold, self.min_distance_um / spacing_um, self.output_stride
         )
         voted, votes, probability = self.vote(image, candidates)
-        keep = voted & (probability >= self.fpr.operating_threshold)
+        keep = voted & (probability >= self.operating_threshold())
         detections = torch.cat([candidates[keep][:, :2], probability[keep].unsqueeze(1).to(candidates.dtype)], dim=1)
         return {
             "candidates": candidates,

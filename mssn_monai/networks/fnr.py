@@ -612,7 +612,9 @@ class MultiScaleFNR(nn.Module):
         cols = (int(image.shape[-1]) + self.output_stride - 1) // self.output_stride
         return self.forward_region(image, 0, rows, 0, cols)
 
-    def forward_region(self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int) -> dict[str, torch.Tensor]:
+    def forward_region(
+        self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int
+    ) -> dict[str, torch.Tensor]:
         """Cells ``[row0, row0 + rows) x [col0, col0 + cols)`` of :meth:`forward`'s maps, from that window only.
 
         Reads only the image pixels those cells' patches cover (borders mirrored by the same rule), so a
@@ -631,7 +633,10 @@ class MultiScaleFNR(nn.Module):
         if image.ndim != 4 or image.shape[1] != self.in_channels:
             raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {list(image.shape)}.")
         h, w = int(image.shape[-2]), int(image.shape[-1])
-        n_rows, n_cols = (h + self.output_stride - 1) // self.output_stride, (w + self.output_stride - 1) // self.output_stride
+        n_rows, n_cols = (
+            (h + self.output_stride - 1) // self.output_stride,
+            (w + self.output_stride - 1) // self.output_stride,
+        )
         if not (0 <= row0 < row0 + rows <= n_rows and 0 <= col0 < col0 + cols <= n_cols):
             raise ValueError(
                 f"region rows [{row0}, {row0 + rows}) x cols [{col0}, {col0 + cols}) is not inside the "
