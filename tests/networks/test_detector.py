@@ -1,0 +1,134 @@
+"""MSSNDetector: shape contract, TorchScript, tiles and seams, agreement with the stage-level pieces."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_network
+from mssn_monai.data.datalist import load_datalist
+from mssn_monai.inference import fnr_candidates
+from mssn_monai.io import read_image_rgb
+from mssn_monai.networks.detector import MSSNDetector, detection_map_to_points
+from mssn_monai.networks.fnr import MultiScaleFNR
+from mssn_monai.networks.fpr import SiameseEmbedding
+
+CONFIG = DEFAULT_BUNDLE / "configs" / "inference.json"
+SAMPLES = DEFAULT_BUNDLE / "samples" / "datalist.json"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> MSSNDetector:
+    return load_network(DEFAULT_BUNDLE / "models" / "model.pt", CONFIG, "network_def")
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    """The first shipped sample field with at least one mitosis, and its mitoses ``(N, 2)``."""
+    rec = next(r for r in load_datalist(SAMPLES, "testing") if len(r["mitoses"]))
+    return read_image_rgb(rec["image"]), np.asarray(rec["mitoses"], dtype=np.float64)
+
+
+def _chw(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255.0)
+
+
+def _untrained() -> MSSNDetector:
+    torch.manual_seed(0)
+    return MSSNDetector(MultiScaleFNR(), SiameseEmbedding(), candidate_threshold=0.0).eval()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (64, 97)])
+def test_forward_shape_contract_any_size(shape):
+    det = _untrained()
+    with torch.no_grad():
+        out = det(torch.rand(2, 3, *shape))
+    assert out.shape == (2, 1, *shape) and out.dtype == torch.float32
+    assert not out.any()  # an FPR without references keeps nothing
+
+
+def test_untrained_fpr_votes_nothing_but_candidates_exist():
+    with torch.no_grad():
+        res = _untrained().detect(torch.rand(3, 64, 64), 0.25)
+    assert len(res["candidates"]) > 0 and not res["voted"].any() and res["detections"].shape == (0, 3)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="spacing_um"):
+        MSSNDetector(MultiScaleFNR(), SiameseEmbedding(), spacing_um=0.0)
+    with pytest.raises(ValueError, match="tile_px"):
+        MSSNDetector(MultiScaleFNR(), SiameseEmbedding(), tile_px=2)
+    with pytest.raises(ValueError, match="operating_threshold"):
+        MSSNDetector(MultiScaleFNR(), SiameseEmbedding(), operating_threshold=1.5)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        _untrained()(torch.rand(3, 8, 8))
+
+
+def test_detection_map_round_trip():
+    m = torch.zeros(1, 6, 7)
+    m[0, 2, 5], m[0, 4, 1], m[0, 0, 0] = 0.5, 0.9, 0.5
+    pts = detection_map_to_points(m)
+    assert pts.tolist() == [[1.0, 4.0, 0.8999999761581421], [0.0, 0.0, 0.5], [5.0, 2.0, 0.5]]
+
+
+def test_candidates_equal_stage_one_numpy_path(shipped, sample):
+    image, _ = sample
+    with torch.no_grad():
+        res = shipped.detect(_chw(image), 0.2455)
+    ref = fnr_candidates(shipped.fnr, image, 0.2455, shipped.candidate_threshold, shipped.min_distance_um)
+    np.testing.assert_allclose(res["candidates"].double().numpy(), ref, atol=1e-6)
+
+
+def test_forward_map_holds_the_detections(shipped, sample):
+    image, _ = sample
+    x = _chw(image)
+    every_vote = MSSNDetector(shipped.fnr, shipped.fpr, operating_threshold=0.0).eval()
+    with torch.no_grad():
+        res = every_vote.detect(x, every_vote.spacing_um)
+        pts = detection_map_to_points(every_vote(x.unsqueeze(0))[0])
+    det = res["detections"].double()
+    order = np.lexsort((det[:, 0].numpy(), det[:, 1].numpy(), -det[:, 2].numpy()))
+    np.testing.assert_allclose(pts.numpy(), det.numpy()[order], atol=1e-7)
+    assert len(det) > 0
+
+
+def test_uint8_input_gives_the_same_detections(shipped, sample):
+    image, _ = sample
+    u8 = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    with torch.no_grad():
+        a = shipped.detect(u8, 0.2455)
+        b = shipped.detect(_chw(image), 0.2455)
+    assert torch.equal(a["candidates"], b["candidates"]) and torch.allclose(a["votes"], b["votes"], atol=1e-6)
+
+
+def test_torchscript_equals_eager(shipped, sample):
+    image, _ = sample
+    x = _chw(image)[:, :384, :384]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        scripted = torch.jit.script(shipped)
+    with torch.no_grad():
+        a, b = shipped.detect(x, 0.2455), scripted.detect(x, 0.2455)
+        assert torch.equal(scripted(x.unsqueeze(0)), shipped(x.unsqueeze(0)))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_mitoses_on_tile_seams_are_reported_once(shipped, sample):
+    """Crop the field so that each mitosis in turn lies on a vertical and a horizontal tile seam."""
+    image, mitoses = sample
+    tile = 128
+    for mx, my in mitoses:
+        x0, y0 = max(int(mx) - tile, 0) // 4 * 4, max(int(my) - tile, 0) // 4 * 4
+        crop = _chw(image)[:, y0 : y0 + 2 * tile + 64, x0 : x0 + 2 * tile + 64]
+        whole = MSSNDetector(shipped.fnr, shipped.fpr, tile_px=4096).eval()
+        tiled = MSSNDetector(shipped.fnr, shipped.fpr, tile_px=tile).eval()
+        with torch.no_grad():
+            a, b = whole.detect(crop, 0.2455), tiled.detect(crop, 0.2455)
+        np.testing.assert_allclose(a["candidates"].numpy(), b["candidates"].numpy(), atol=1e-6)
+        assert torch.equal(a["keep"], b["keep"])
+        near = np.hypot(b["candidates"][:, 0].numpy() + x0 - mx, b["candidates"][:, 1].numpy() + y0 - my) < 8 / 0.2455
+        assert near.sum() == 1, (mx, my, near.sum())  # found, and exactly once

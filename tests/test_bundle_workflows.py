@@ -1,0 +1,205 @@
+"""The bundle's workflows: inference.json, evaluate.json, ckpt_export / verify_net_in_out, packaging,
+and the shipped weights on the shipped samples."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mssn_monai.checkpoints import bundle_config
+from mssn_monai.data.datalist import load_datalist
+from mssn_monai.io import read_detections_csv, read_image_rgb, write_image
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundle"
+CONFIGS = BUNDLE / "configs"
+
+
+def _bundle(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def _crop_of_first_sample(folder: Path, size: int = 384) -> Path:
+    rec = next(r for r in load_datalist(BUNDLE / "samples" / "datalist.json", "testing") if r["mitoses"])
+    x, y = (int(v) for v in rec["mitoses"][0])
+    x0, y0 = max(x - size // 2, 0), max(y - size // 2, 0)
+    path = folder / "crop.png"
+    write_image(path, read_image_rgb(rec["image"])[y0 : y0 + size, x0 : x0 + size])
+    return path
+
+
+def test_inference_and_train_configs_agree():
+    """The detector's settings and the stain target live in both configs (zoo convention); they must match."""
+    train, infer = bundle_config(CONFIGS / "train.json"), bundle_config(CONFIGS / "inference.json")
+    for key in ("spacing_um", "candidate_threshold", "min_distance_um", "vote_radius_px", "normalize_stain"):
+        assert train[key] == infer[key], key
+    for key in ("target_stains", "target_max_concentrations", "target_white"):
+        assert train["stain_normalization"][key] == infer["stain_normalization"][key], key
+    assert train["fnr_def"]["sub_models"] == infer["network_def"]["fnr"]["sub_models"]
+    assert train["fpr_patch_size"] == infer["network_def"]["fpr"]["patch_size"]
+    assert train["contrastive_margin"] == infer["network_def"]["fpr"]["margin"]
+    a = train.get_parsed_content("network_def").state_dict()
+    b = infer.get_parsed_content("network_def").state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+def test_verify_net_in_out():
+    r = _bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--any",
+        "37",
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "verified with no error" in r.stdout + r.stderr
+
+
+def test_inference_workflow_equals_detect_command(tmp_path):
+    crop = _crop_of_first_sample(tmp_path / "in")
+    r = _bundle(
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--input_dir",
+        str(crop.parent),
+        "--output_dir",
+        str(tmp_path / "bundle_out"),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = subprocess.run(
+        [sys.executable, "-m", "mssn_monai", "detect", "--input", str(crop.parent), "--out", str(tmp_path / "cli")],
+        capture_output=True,
+        text=True,
+    )
+    assert d.returncode == 0, d.stderr[-3000:]
+    a, b = read_detections_csv(tmp_path / "bundle_out" / "crop.csv"), read_detections_csv(tmp_path / "cli" / "crop.csv")
+    assert len(a) == len(b)
+    order = lambda p: p[np.lexsort((p[:, 0], p[:, 1], -p[:, 2]))]  # noqa: E731
+    np.testing.assert_allclose(order(a), order(b), atol=1e-5)
+    summary = json.loads((tmp_path / "bundle_out" / "crop.json").read_text())
+    assert summary["count"] == len(a) and summary["settings"]["stain_normalization"] is True
+    geo = json.loads((tmp_path / "bundle_out" / "crop.geojson").read_text())
+    assert len(geo["features"]) == len(a)
+
+
+def test_inference_workflow_bad_checkpoint(tmp_path):
+    bad = tmp_path / "model.pt"
+    torch.save({"fnr.stem1.conv.weight": torch.zeros(1)}, bad)
+    crop = _crop_of_first_sample(tmp_path / "in", size=64)
+    r = _bundle(
+        "run",
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+        "--bundle_root",
+        str(BUNDLE),
+        "--input_dir",
+        str(crop),
+        "--ckpt_path",
+        str(bad),
+        "--output_dir",
+        str(tmp_path / "o"),
+    )
+    assert r.returncode != 0
+    assert "size mismatch" in r.stderr or "Missing key" in r.stderr
+    assert not list((tmp_path / "o").glob("*.csv"))
+
+
+@pytest.mark.slow
+def test_evaluate_workflow_writes_metrics_and_curve(tmp_path):
+    r = _bundle(
+        "run",
+        "--config_file",
+        json.dumps([str(CONFIGS / "inference.json"), str(CONFIGS / "evaluate.json")]),
+        "--bundle_root",
+        str(BUNDLE),
+        "--output_dir",
+        str(tmp_path),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["overall"]["n_images"] == 8 and "sweep" in report
+    assert (tmp_path / "pr_curve.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_ckpt_export_torchscript_matches_eager(tmp_path):
+    ts = tmp_path / "model.ts"
+    r = _bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(ts),
+        "--ckpt_file",
+        str(BUNDLE / "models" / "model.pt"),
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "inference.json"),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(ts), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    from mssn_monai.checkpoints import load_network
+
+    eager = load_network(BUNDLE / "models" / "model.pt", CONFIGS / "inference.json", "network_def")
+    crop = torch.from_numpy(read_image_rgb(_crop_of_first_sample(tmp_path))).permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        assert torch.equal(scripted(crop[None]), eager(crop[None]))
+
+
+@pytest.mark.slow
+def test_package_bundle_runs_standalone(tmp_path):
+    zip_path = tmp_path / "b.zip"
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "package_bundle.py"), "--out", str(zip_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert zip_path.stat().st_size < 20 * 2**20
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        assert not any("_checkpoint_" in n for n in names)
+        zf.extractall(tmp_path / "x")
+    root = tmp_path / "x" / "mssn_mitosis_detection"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import mssn_monai; print(mssn_monai.__file__)"], capture_output=True, text=True, cwd=root
+    )
+    assert Path(probe.stdout.strip()).resolve().is_relative_to(root.resolve())  # the packaged copy is imported
+    image = next((root / "samples" / "images").iterdir())
+    r = _bundle(
+        "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--input_dir", str(image), cwd=root
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (root / "eval" / f"{image.stem}.csv").is_file()
+
+
+@pytest.mark.slow
+def test_shipped_weights_on_shipped_samples():
+    """The README's main job: F1 >= 0.85 on the 8 shipped synthetic sample fields (34 mitoses)."""
+    from mssn_monai.inference import TwoStageDetector
+    from mssn_monai.metrics import evaluate_predictions
+
+    datalist = BUNDLE / "samples" / "datalist.json"
+    detector = TwoStageDetector.from_bundle()
+    pred = {
+        Path(rec["image"]).stem: detector(read_image_rgb(rec["image"]), rec["spacing"])["detections"]
+        for rec in load_datalist(datalist, "testing")
+    }
+    overall = evaluate_predictions(datalist, pred, section="testing")["overall"]
+    assert overall["n_gt"] == 34
+    assert overall["f1"] >= 0.85, overall
