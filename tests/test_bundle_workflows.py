@@ -152,7 +152,8 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(ts), map_location="cpu", _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    shipped_meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert json.loads(extra["metadata.json"])["version"] == shipped_meta["version"]
     from mssn_monai.checkpoints import load_network
 
     eager = load_network(BUNDLE / "models" / "model.pt", CONFIGS / "inference.json", "network_def")
@@ -176,9 +177,8 @@ def test_package_bundle_runs_standalone(tmp_path):
         assert not any("_checkpoint_" in n for n in names)
         zf.extractall(tmp_path / "x")
     root = tmp_path / "x" / "mssn_mitosis_detection"
-    probe = subprocess.run(
-        [sys.executable, "-c", "import mssn_monai; print(mssn_monai.__file__)"], capture_output=True, text=True, cwd=root
-    )
+    code = "import mssn_monai; print(mssn_monai.__file__)"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
     assert Path(probe.stdout.strip()).resolve().is_relative_to(root.resolve())  # the packaged copy is imported
     image = next((root / "samples" / "images").iterdir())
     r = _bundle(
