@@ -79,3 +79,62 @@ def test_bundle_stain_normalisation_maps_a_shifted_field_towards_training_colour
         return np.abs(a.reshape(-1, 3).mean(0) - train_look.reshape(-1, 3).mean(0)).sum()
 
     assert gap(out) < gap(shifted)
+
+
+def test_detect_bad_images_are_reported_and_the_rest_processed(tmp_path):
+    """The issue's list of bad images, in one folder: each named on stderr or handled, the others written."""
+    import tifffile
+
+    src = tmp_path / "in"
+    good = generate_field((256, 256), seed=3).image
+    write_image(src / "good.png", good)
+    (src / "zero.tif").write_bytes(b"")
+    write_image(src / "whole.tif", good)
+    (src / "truncated.tif").write_bytes((src / "whole.tif").read_bytes()[:5000])
+    (src / "whole.tif").unlink()
+    write_image(src / "one.png", good[:1, :1])
+    write_image(src / "tiny.png", good[:20, :30])  # smaller than every patch
+    rgba = np.concatenate([good, np.full((256, 256, 1), 255, np.uint8)], axis=2)
+    write_image(src / "rgba.png", rgba)
+    tifffile.imwrite(src / "sixteen.tif", good.astype(np.uint16) * 257)
+    nan = good.astype(np.float32) / 255
+    nan[10:20, 10:20] = np.nan
+    tifffile.imwrite(src / "nan.tif", nan)
+    out = tmp_path / "out"
+    r = _detect("--input", str(src), "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    for bad in ("zero.tif", "truncated.tif"):
+        assert bad in r.stderr
+        assert not (out / f"{Path(bad).stem}.csv").exists()
+    for stem in ("good", "one", "tiny", "rgba", "sixteen", "nan"):
+        assert (out / f"{stem}.csv").is_file() and (out / f"{stem}.json").is_file(), stem
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))  # nothing half-written
+    # the 16-bit and RGBA copies of the field give the detections of the 8-bit RGB original
+    assert read_detections_csv(out / "sixteen.csv").tolist() == read_detections_csv(out / "good.csv").tolist()
+    assert read_detections_csv(out / "rgba.csv").tolist() == read_detections_csv(out / "good.csv").tolist()
+
+
+def test_detect_checkpoint_that_does_not_match(tmp_path):
+    import shutil
+
+    import torch
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ROOT / "bundle" / "configs", bundle / "configs")
+    (bundle / "models").mkdir()
+    torch.save({"fnr.stem1.conv.weight": torch.zeros(2, 2)}, bundle / "models" / "model.pt")
+    write_image(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    r = _detect("--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--bundle", str(bundle))
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert "model.pt" in line and "does not match" in line
+    (bundle / "models" / "model.pt").write_bytes(b"not a checkpoint")
+    r = _detect("--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--bundle", str(bundle))
+    assert r.returncode == 2 and "not a readable PyTorch checkpoint" in r.stderr
+
+
+def test_evaluate_unreadable_datalist(tmp_path):
+    (tmp_path / "d.json").write_text("{not json")
+    args = ["evaluate", "--datalist", str(tmp_path / "d.json"), "--pred", str(tmp_path)]
+    r = subprocess.run([sys.executable, "-m", "mssn_monai", *args], capture_output=True, text=True)
+    assert r.returncode == 2 and "d.json" in r.stderr.strip().splitlines()[-1]
