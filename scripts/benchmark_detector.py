@@ -49,7 +49,8 @@ with torch.inference_mode():
         times.append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 n_cand, n_det = int(out["candidates"].shape[0]), int(out["detections"].shape[0])
-print(json.dumps({{"seconds": statistics.median(times), "peak_rss_mb": peak, "candidates": n_cand, "detections": n_det}}))
+result = {{"seconds": statistics.median(times), "peak_rss_mb": peak, "candidates": n_cand, "detections": n_det}}
+print(json.dumps(result))
 """
 
 
