@@ -4,7 +4,7 @@ Coordinates everywhere are ``(x, y)`` = (column, row) in level-0 pixels; distanc
 clinically are in micrometres and converted once with each image's ``spacing`` (um/px).
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 DEFAULT_SPACING_UM = 0.2456
 """Pixel spacing in um/px assumed when none is given (40x Aperio, ICPR 2012)."""
