@@ -93,6 +93,18 @@ def test_train_resume_and_candidates(tmp_path):
     fnr = bundle / "models" / "fnr.pt"
     assert fnr.is_file()
     epoch1 = {k: v.clone() for k, v in torch.load(fnr, map_location="cpu").items()}
+    model1 = torch.load(bundle / "models" / "model.pt", map_location="cpu")  # the whole detector
+    assert {k.split(".")[0] for k in model1} == {"fnr", "fpr"}
+
+    # the same seed on CPU gives the same weights: a fresh run into another bundle
+    again = tmp_path / "again"
+    shutil.copytree(ROOT / "bundle" / "configs", again / "configs")
+    fresh = [a if a != str(bundle) else str(again) for a in common]
+    fresh[fresh.index("--config_file") + 1] = str(again / "configs" / "train.json")
+    _run("-m", "monai.bundle", "run", "training", *fresh, "--epochs", "1", "--fpr_epochs", "1", cwd=tmp_path)
+    model_again = torch.load(again / "models" / "model.pt", map_location="cpu")
+    assert model_again.keys() == model1.keys()
+    assert all(torch.equal(model1[k], model_again[k]) for k in model1)
 
     second = _run("-m", "monai.bundle", "run", *common, "--epochs", "2", "--fpr_epochs", "2", cwd=tmp_path)
     log = second.stdout + second.stderr
@@ -100,6 +112,22 @@ def test_train_resume_and_candidates(tmp_path):
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
     epoch2 = torch.load(fnr, map_location="cpu")
     assert any(not torch.equal(epoch1[k], epoch2[k]) for k in epoch1)
+
+    detector = load_network(bundle / "models" / "model.pt", bundle / "configs" / "inference.json", "network_def")
+    assert len(detector.fpr.references) > 0
+    _run(
+        "-m",
+        "mssn_monai",
+        "detect",
+        "--input",
+        str(data),
+        "--out",
+        str(tmp_path / "det"),
+        "--bundle",
+        str(bundle),
+        cwd=tmp_path,
+    )
+    assert len(list((tmp_path / "det").glob("*.geojson"))) == 6
 
     network = load_network(fnr, bundle / "configs" / "train.json")
     assert not network.training
