@@ -1,0 +1,1 @@
+"""Task configs of the app, one per model (``--conf models <name>``)."""

@@ -1,0 +1,3 @@
+from .mssn_mitosis import MSSNMitosis
+
+__all__ = ["MSSNMitosis"]

@@ -1,0 +1,73 @@
+"""MONAI Label app serving the MSSN mitosis detector of this repository's MONAI Bundle.
+
+Start (MONAI Label 0.8.5 in its own virtual environment, see ``bundle/docs/README.md``)::
+
+    monailabel start_server --app apps/monailabel --studies <folder of fields> \
+        --host 127.0.0.1 --port 8000 --conf models mssn_mitosis --conf zoo_source github --conf sam2 false
+
+Options (``--conf KEY VALUE``): ``models`` (``mssn_mitosis`` or ``all``), ``bundle_path`` (default: the
+repository's ``bundle``), ``bundle_copy`` (``true``: serve a copy under ``<app>/model``), ``disc_radius_px``
+(polygon radius, default 6), ``preload``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import lib.configs
+import monailabel
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.utils.others.class_utils import get_class_names
+
+logger = logging.getLogger(__name__)
+
+
+class MyApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.model_dir = os.path.join(app_dir, "model")
+
+        configs = {c.split(".")[-2].lower(): c for c in get_class_names(lib.configs, "TaskConfig")}
+        configs = dict(sorted(configs.items()))
+        models = [m.strip() for m in (conf.get("models") or "all").split(",") if m.strip()]
+        invalid = [m for m in models if m != "all" and m not in configs]
+        if invalid:
+            raise ValueError(f"unknown model(s) {invalid}; available: all, {', '.join(configs)}")
+
+        self.models: dict[str, TaskConfig] = {}
+        for k, v in configs.items():
+            if "all" in models or k in models:
+                logger.info(f"+++ Adding Model: {k} => {v}")
+                self.models[k] = eval(f"{v}()")
+                self.models[k].init(k, self.model_dir, conf, None)
+        logger.info(f"+++ Using Models: {list(self.models)}")
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"MONAILabel - MSSN mitosis detection ({monailabel.__version__})",
+            description="Two-stage MSSN mitotic figure detection in H&E fields (research only)",
+            version=monailabel.__version__,
+        )
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for n, task_config in self.models.items():
+            c = task_config.infer()
+            for k, v in (c if isinstance(c, dict) else {n: c}).items():
+                logger.info(f"+++ Adding Inferer:: {k} => {v}")
+                infers[k] = v
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        for n, task_config in self.models.items():
+            t = task_config.trainer()
+            if t:
+                logger.info(f"+++ Adding Trainer:: {n} => {t}")
+                trainers[n] = t
+        return trainers

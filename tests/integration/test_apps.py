@@ -1,0 +1,233 @@
+"""Opt-in integration tests: the MONAI Label app and the MONAI Deploy app against ``mssn_monai detect``.
+
+Marked ``integration`` (deselected by default; run ``pytest -m integration``). They need the two separate
+virtual environments of ``bundle/docs/README.md`` and skip without them: ``MSSN_LABEL_VENV`` (default
+``/work/venvs/label``: monailabel 0.8.5 + this package) and ``MSSN_DEPLOY_VENV`` (default
+``/work/venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mssn_monai.io import read_image_rgb, write_image
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLES = ROOT / "bundle" / "samples" / "images"
+FIELDS = ("S2027002_03", "S2027005_00")
+LABEL_VENV = Path(os.environ.get("MSSN_LABEL_VENV", "/work/venvs/label"))
+DEPLOY_VENV = Path(os.environ.get("MSSN_DEPLOY_VENV", "/work/venvs/deploy"))
+TOL = 1e-5
+MODEL = "mssn_mitosis"
+
+needs_label = pytest.mark.skipif(
+    not (LABEL_VENV / "bin" / "monailabel").exists(), reason=f"no MONAI Label venv at {LABEL_VENV}"
+)
+needs_deploy = pytest.mark.skipif(
+    not (DEPLOY_VENV / "bin" / "python").exists(), reason=f"no MONAI Deploy venv at {DEPLOY_VENV}"
+)
+
+
+def assert_same_detections(got, ref, what: str) -> None:
+    """Same points (exactly) and scores within TOL, whatever the order."""
+    got = np.asarray(got, dtype=np.float64).reshape(-1, 3)
+    ref = np.asarray(ref, dtype=np.float64).reshape(-1, 3)
+    assert len(ref) > 0, f"{what}: the reference has no detection, nothing to compare"
+    got, ref = (a[np.lexsort((a[:, 0], a[:, 1]))] for a in (got, ref))
+    assert got.shape == ref.shape, f"{what}: {len(got)} detections, detect found {len(ref)}"
+    np.testing.assert_array_equal(got[:, :2], ref[:, :2], err_msg=what)
+    np.testing.assert_allclose(got[:, 2], ref[:, 2], rtol=0, atol=TOL, err_msg=what)
+
+
+def reference(folder: Path, stem: str) -> np.ndarray:
+    return np.asarray(json.loads((folder / f"{stem}.json").read_text())["detections"], dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """Two sample fields, their ``detect`` output, a cropped field and its ``detect`` output, model.ts."""
+    from mssn_monai.cli import detect
+
+    root = tmp_path_factory.mktemp("integrations")
+    fields = root / "fields"
+    fields.mkdir()
+    for stem in FIELDS:
+        shutil.copy(SAMPLES / f"{stem}.png", fields / f"{stem}.png")
+    detect(str(fields), str(root / "ref"), device="cpu")
+    crop = root / "crop"
+    write_image(crop / "crop.png", read_image_rgb(fields / f"{FIELDS[1]}.png")[0:640, 512:1024])
+    detect(str(crop), str(root / "crop_ref"), device="cpu")
+    export = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def"]
+    export += ["--filepath", str(root / "model.ts"), "--ckpt_file", str(ROOT / "bundle/models/model.pt")]
+    export += ["--meta_file", str(ROOT / "bundle/configs/metadata.json")]
+    export += ["--config_file", str(ROOT / "bundle/configs/inference.json")]
+    r = subprocess.run(export, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return root
+
+
+# ---- MONAI Label ------------------------------------------------------------------------------------
+
+
+def _post(url: str, fields: dict[str, str] | None = None, timeout: float = 600) -> bytes:
+    """POST with an optional multipart form (what the wsi_v2 endpoint reads its ``wsi`` options from)."""
+    body, headers = b"", {}
+    if fields:
+        boundary = uuid.uuid4().hex
+        parts = [
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n' for k, v in fields.items()
+        ]
+        body = ("".join(parts) + f"--{boundary}--\r\n").encode()
+        headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+@pytest.fixture(scope="module")
+def label_server(work):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    studies = work / "studies"
+    shutil.copytree(work / "fields", studies)
+    env = {**os.environ, "PATH": f"{LABEL_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env["MONAILABEL_PYEXE"] = str(LABEL_VENV / "bin" / "python")
+    cmd = [str(LABEL_VENV / "bin" / "monailabel"), "start_server", "--app", str(ROOT / "apps" / "monailabel")]
+    cmd += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", MODEL]
+    cmd += ["--conf", "zoo_source", "github", "--conf", "sam2", "false"]
+    log = (work / "label_server.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/info/", timeout=5) as r:
+                    info = json.loads(r.read())
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"MONAI Label did not start:\n{(work / 'label_server.log').read_text()[-3000:]}")
+                time.sleep(1)
+        yield url, info
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@needs_label
+def test_label_info_lists_the_model(label_server):
+    _, info = label_server
+    model = info["models"][MODEL]
+    assert model["labels"] == {"mitosis": 1} and model["dimension"] == 2 and model.get("pathology") is True
+    assert model["config"]["model_filename"] == ["model.pt"]
+
+
+@needs_label
+@pytest.mark.parametrize("stem", FIELDS)
+def test_label_infer_json_equals_detect(label_server, work, stem):
+    url, _ = label_server
+    res = json.loads(_post(f"{url}/infer/{MODEL}?image={stem}&output=json"))
+    assert_same_detections(res["detections"], reference(work / "ref", stem), f"MONAI Label /infer {stem}")
+    assert res["count"] == len(res["detections"])
+    # one disc polygon per mitosis, centred on it
+    (annotation,) = [a["annotation"] for a in res["annotations"] if a and a.get("annotation")]
+    polygons = [np.asarray(c, dtype=float) for e in annotation["elements"] for c in e["contours"]]
+    assert len(polygons) == len(res["detections"])
+    centres = np.array([(p[:, 0].min() + p[:, 0].max()) / 2 for p in polygons])
+    rows = np.array([(p[:, 1].min() + p[:, 1].max()) / 2 for p in polygons])
+    for x, y, _ in res["detections"]:
+        assert np.min(np.hypot(centres - x, rows - y)) <= 1.0, (x, y)
+
+
+@needs_label
+def test_label_wsi_v2_gives_polygons_for_qupath_and_dsa(label_server, work):
+    url, _ = label_server
+    stem = FIELDS[0]
+    n = len(reference(work / "ref", stem))
+    dsa = json.loads(_post(f"{url}/infer/wsi_v2/{MODEL}?image={stem}&output=dsa", {"wsi": "{}"}))
+    assert len(dsa["elements"]) == n
+    assert all(e["type"] == "polyline" and e["closed"] and e["group"] == "mitosis" for e in dsa["elements"])
+    asap = _post(f"{url}/infer/wsi_v2/{MODEL}?image={stem}&output=asap", {"wsi": "{}"}).decode()
+    assert asap.startswith("<?xml") and asap.count('<Annotation Name="mitosis" Type="Polygon"') == n
+
+
+@needs_label
+def test_label_region_request_is_shifted_into_slide_pixels(label_server, work):
+    url, _ = label_server
+    wsi = json.dumps({"location": [512, 0], "size": [512, 640]})
+    res = json.loads(_post(f"{url}/infer/wsi_v2/{MODEL}?image={FIELDS[1]}&output=json", {"wsi": wsi}))
+    assert res["location"] == [512, 0] and res["size"] == [512, 640]
+    ref = reference(work / "crop_ref", "crop") + np.array([512.0, 0.0, 0.0])
+    assert_same_detections(res["detections"], ref, "MONAI Label region request")
+
+
+# ---- MONAI Deploy -----------------------------------------------------------------------------------
+
+
+def _run_deploy(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        [str(DEPLOY_VENV / "bin" / "python"), "app.py", *args],
+        cwd=ROOT / "apps" / "deploy",
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=900,
+    )
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return r
+
+
+@needs_deploy
+def test_deploy_app_with_torchscript_equals_detect(work):
+    inputs = work / "deploy_in"
+    shutil.copytree(work / "fields", inputs)
+    tif = inputs / f"{FIELDS[0]}_tif.tif"  # a TIFF field too
+    write_image(tif, read_image_rgb(inputs / f"{FIELDS[0]}.png"))
+    out = work / "deploy_out"
+    _run_deploy(["-i", str(inputs), "-o", str(out), "-m", str(work / "model.ts")])
+    for stem in (*FIELDS, tif.stem):
+        ref = reference(work / "ref", stem.removesuffix("_tif"))
+        summary = json.loads((out / f"{stem}.json").read_text())
+        assert_same_detections(summary["detections"], ref, f"MONAI Deploy {stem}")
+        csv = np.loadtxt(out / f"{stem}.csv", delimiter=",", ndmin=2)
+        assert_same_detections(csv, ref, f"MONAI Deploy {stem}.csv")
+        assert summary["settings"]["stain_normalization"] is True and summary["settings"]["operating_threshold"] > 0
+        assert json.loads((out / f"{stem}.geojson").read_text())["type"] == "FeatureCollection"
+        discs = read_image_rgb(out / f"{stem}_discs.png")[..., 0]
+        assert discs.shape == (1024, 1024) and set(np.unique(discs)) == {0, 255}
+        for x, y, _ in ref:
+            assert discs[int(y), int(x)] == 255
+
+
+@needs_deploy
+def test_deploy_app_with_bundle_folder_and_holoscan_env(work):
+    out = work / "deploy_env_out"
+    env = {
+        "HOLOSCAN_INPUT_PATH": str(work / "fields" / f"{FIELDS[1]}.png"),
+        "HOLOSCAN_OUTPUT_PATH": str(out),
+        "HOLOSCAN_MODEL_PATH": str(ROOT / "bundle"),
+    }
+    _run_deploy([], env)
+    summary = json.loads((out / f"{FIELDS[1]}.json").read_text())
+    assert_same_detections(summary["detections"], reference(work / "ref", FIELDS[1]), "MONAI Deploy bundle folder")
