@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all lint format clean
+.PHONY: install demo test test-slow test-all lint format clean check-integrations
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,3 +44,7 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out
+
+## MONAI Label and MONAI Deploy against `detect` (needs /work/venvs/label and /work/venvs/deploy; see bundle/docs/README.md)
+check-integrations: $(STAMP)
+	bash scripts/check_integrations.sh
