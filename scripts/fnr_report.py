@@ -17,9 +17,9 @@ import time
 import fire
 import numpy as np
 
-from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network
+from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
 from mssn_monai.data.datalist import load_datalist
-from mssn_monai.inference import fnr_probability_maps, maps_to_candidates
+from mssn_monai.inference import fnr_probability_maps, maps_to_candidates, normalize_field
 from mssn_monai.io import read_image_rgb, write_json
 from mssn_monai.ops.matching import match_points
 
@@ -32,8 +32,13 @@ def main(
     thresholds: tuple[float, ...] | None = None,
     radius_um: float = 8.0,
     out: str | None = None,
+    normalize: bool = True,
 ) -> None:
-    """Print recall / misses / candidates per field for each sub-model and the fused map."""
+    """Print recall / misses / candidates per field for each sub-model and the fused map.
+
+    ``normalize`` maps each field onto the training stains first (the bundle's ``stain_normalization``,
+    when its config enables it), as training and ``detect`` do.
+    """
     config = config or str(DEFAULT_BUNDLE / "configs" / "train.json")
     checkpoint = checkpoint or str(DEFAULT_BUNDLE / "models" / "fnr.pt")
     parser = bundle_config(config)
@@ -44,12 +49,13 @@ def main(
     elif isinstance(thresholds, (int, float)):
         thresholds = (float(thresholds),)
     network = load_network(checkpoint, config, "fnr_def", "cpu")
+    normalizer = stain_normalizer(parser) if normalize else None
     records = load_datalist(datalist, section)
     stats: dict[tuple[str, float], list[int]] = {}
     n_gt = 0
     seconds = []
     for rec in records:
-        image = read_image_rgb(rec["image"])
+        image = normalize_field(normalizer, read_image_rgb(rec["image"]))
         t0 = time.perf_counter()
         maps = fnr_probability_maps(network, image)
         seconds.append(time.perf_counter() - t0)
