@@ -26,6 +26,12 @@ def _bundle(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, cwd=cwd)
 
 
+def _inference(input_dir: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` of ``inference.json`` on the repository's bundle."""
+    config = ["--config_file", str(CONFIGS / "inference.json"), "--bundle_root", str(BUNDLE)]
+    return _bundle("run", *config, "--input_dir", str(input_dir), "--output_dir", str(output_dir), *extra)
+
+
 def _crop_of_first_sample(folder: Path, size: int = 384) -> Path:
     rec = next(r for r in load_datalist(BUNDLE / "samples" / "datalist.json", "testing") if r["mitoses"])
     x, y = (int(v) for v in rec["mitoses"][0])
@@ -67,17 +73,7 @@ def test_verify_net_in_out():
 
 def test_inference_workflow_equals_detect_command(tmp_path):
     crop = _crop_of_first_sample(tmp_path / "in")
-    r = _bundle(
-        "run",
-        "--config_file",
-        str(CONFIGS / "inference.json"),
-        "--bundle_root",
-        str(BUNDLE),
-        "--input_dir",
-        str(crop.parent),
-        "--output_dir",
-        str(tmp_path / "bundle_out"),
-    )
+    r = _inference(crop.parent, tmp_path / "bundle_out")
     assert r.returncode == 0, r.stderr[-3000:]
     d = subprocess.run(
         [sys.executable, "-m", "mssn_monai", "detect", "--input", str(crop.parent), "--out", str(tmp_path / "cli")],
@@ -99,19 +95,7 @@ def test_inference_workflow_bad_checkpoint(tmp_path):
     bad = tmp_path / "model.pt"
     torch.save({"fnr.stem1.conv.weight": torch.zeros(1)}, bad)
     crop = _crop_of_first_sample(tmp_path / "in", size=64)
-    r = _bundle(
-        "run",
-        "--config_file",
-        str(CONFIGS / "inference.json"),
-        "--bundle_root",
-        str(BUNDLE),
-        "--input_dir",
-        str(crop),
-        "--ckpt_path",
-        str(bad),
-        "--output_dir",
-        str(tmp_path / "o"),
-    )
+    r = _inference(crop, tmp_path / "o", "--ckpt_path", str(bad))
     assert r.returncode != 0
     assert "size mismatch" in r.stderr or "Missing key" in r.stderr
     assert not list((tmp_path / "o").glob("*.csv"))
