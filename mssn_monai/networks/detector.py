@@ -59,6 +59,8 @@ class MSSNDetector(nn.Module):
         min_distance_um: minimum distance between two candidates, in micrometres.
         vote_radius_px: radius of the FPR vote's patch centres, in pixels (2 px: 13 patches).
         tile_px: FNR tile size in output pixels (rounded down to a multiple of 4); bounds memory.
+        progress: show a progress bar over the FNR tiles of an image that needs more than one (eager
+            mode only; TorchScript skips it).
         operating_threshold: minimum calibrated probability of a detection; ``None`` uses the one stored
             with the FPR weights (chosen on validation fields); 0 reports every candidate the vote keeps
             (the bundle's ``evaluate.json`` does, to draw the whole precision-recall curve).
@@ -82,6 +84,7 @@ class MSSNDetector(nn.Module):
         vote_radius_px: float = 2.0,
         tile_px: int = 2048,
         operating_threshold: float | None = None,
+        progress: bool = False,
     ) -> None:
         super().__init__()
         if not (math.isfinite(spacing_um) and spacing_um > 0):
@@ -107,6 +110,24 @@ class MSSNDetector(nn.Module):
         self.patch_size = int(fpr.patch_size)
         self.chunk_size = int(fpr.chunk_size)
         self.register_buffer("offsets", vote_offsets(vote_radius_px), persistent=False)
+        self.progress = bool(progress)
+        self._bar = None  # the tile progress bar while one is open (Python only)
+
+    __jit_ignored_attributes__ = ["_bar"]
+
+    @torch.jit.unused
+    def _tile_done(self, total: int) -> None:
+        """Advance the tile progress bar (opened at the first of ``total`` tiles, closed after the last)."""
+        if not self.progress or total < 2:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc="tiles", unit="tile", leave=False)
+        self._bar.update(1)
+        if self._bar.n >= total:
+            self._bar.close()
+            self._bar = None
 
     @torch.jit.unused
     def settings(self) -> dict[str, float]:
@@ -141,11 +162,16 @@ class MSSNDetector(nn.Module):
         n_rows = (h + self.output_stride - 1) // self.output_stride
         n_cols = (w + self.output_stride - 1) // self.output_stride
         fused = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=image.device)
+        n_tiles = ((n_rows + self.tile_cells - 1) // self.tile_cells) * (
+            (n_cols + self.tile_cells - 1) // self.tile_cells
+        )
         for r0 in range(0, n_rows, self.tile_cells):
             for c0 in range(0, n_cols, self.tile_cells):
                 rows, cols = min(self.tile_cells, n_rows - r0), min(self.tile_cells, n_cols - c0)
                 maps = self.fnr.forward_region(source, r0, rows, c0, cols)
                 fused[r0 : r0 + rows, c0 : c0 + cols] = maps[self.fnr.fused_key][0, 0].float()
+                if not torch.jit.is_scripting():
+                    self._tile_done(n_tiles)
         return fused
 
     @torch.jit.export
