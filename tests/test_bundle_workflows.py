@@ -143,7 +143,9 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
     eager = load_network(BUNDLE / "models" / "model.pt", CONFIGS / "inference.json", "network_def")
     crop = torch.from_numpy(read_image_rgb(_crop_of_first_sample(tmp_path))).permute(2, 0, 1).float() / 255
     with torch.no_grad():
-        assert torch.equal(scripted(crop[None]), eager(crop[None]))
+        a, b = scripted(crop[None]), eager(crop[None])
+    assert torch.equal(a > 0, b > 0) and (a > 0).any()  # the same detections
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # scores up to float rounding (the JIT reorders ops)
 
 
 @pytest.mark.slow

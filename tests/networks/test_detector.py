@@ -112,9 +112,13 @@ def test_torchscript_equals_eager(shipped, sample):
         scripted = torch.jit.script(shipped)
     with torch.no_grad():
         a, b = shipped.detect(x, 0.2455), scripted.detect(x, 0.2455)
-        assert torch.equal(scripted(x.unsqueeze(0)), shipped(x.unsqueeze(0)))
-    for key in a:
+        map_a, map_b = shipped(x.unsqueeze(0)), scripted(x.unsqueeze(0))
+    assert torch.equal(map_a > 0, map_b > 0)
+    torch.testing.assert_close(map_a, map_b, rtol=0, atol=1e-5)  # float rounding: the JIT reorders ops
+    for key in ("candidates", "voted", "keep"):
         assert torch.equal(a[key], b[key]), key
+    for key in ("votes", "probability", "detections"):
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5)
 
 
 def test_mitoses_on_tile_seams_are_reported_once(shipped, sample):
