@@ -1,6 +1,8 @@
-"""Networks of the two MSSN stages: the stage-1 FNR candidate generator (``fnr``) and the stage-2
-Siamese false-positive reducer (``fpr``)."""
+"""Networks of the two MSSN stages: the stage-1 FNR candidate generator (``fnr``), the stage-2
+Siamese false-positive reducer (``fpr``), and both as one detector (``detector``, the bundle's
+``network_def``)."""
 
+from mssn_monai.networks.detector import MSSNDetector, detection_map_to_points
 from mssn_monai.networks.fnr import (
     FUSED_KEY,
     INPUT_RANGE,
@@ -9,6 +11,7 @@ from mssn_monai.networks.fnr import (
     MultiScaleFNR,
     conv_receptive_field,
     extract_patch,
+    gather_patches,
     pad_symmetric,
 )
 from mssn_monai.networks.fpr import (
@@ -31,7 +34,10 @@ __all__ = [
     "MultiScaleFNR",
     "conv_receptive_field",
     "extract_patch",
+    "gather_patches",
     "pad_symmetric",
+    "MSSNDetector",
+    "detection_map_to_points",
     "DEFAULT_CALIBRATION",
     "MITOSIS_CLASS",
     "NUM_CLASSES",
