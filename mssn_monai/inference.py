@@ -142,6 +142,11 @@ def fnr_candidates(
     return maps_to_candidates({FUSED_KEY: maps[FUSED_KEY]}, spacing, threshold, min_distance_um)[FUSED_KEY]
 
 
+def _to_numpy(result: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """:meth:`MSSNDetector.detect`'s tensors as numpy: float64 numbers, bool masks."""
+    return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in result.items()}
+
+
 def detect_two_stage(
     fnr: nn.Module,
     fpr: nn.Module,
@@ -179,7 +184,7 @@ def detect_two_stage(
     finally:
         fnr.train(modes[0])
         fpr.train(modes[1])
-    return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
+    return _to_numpy(out)
 
 
 def run_candidates(
@@ -238,7 +243,7 @@ class TwoStageDetector:
             FileNotFoundError: missing config or weights.
             ValueError: weights that do not match the network, or a stage 2 without a reference bank.
         """
-        from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_network, stain_normalizer
+        from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
 
         root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
         config = root / "configs" / "inference.json"
@@ -246,8 +251,6 @@ class TwoStageDetector:
         detector = load_network(weights, config, "network_def", device)
         if detector.fpr.references.shape[0] == 0:
             raise ValueError(f"{weights}: stage 2 has no reference bank (untrained FPR); train with configs/train.json")
-        from mssn_monai.checkpoints import bundle_config
-
         return cls(detector=detector, normalizer=stain_normalizer(bundle_config(config)) if normalize else None)
 
     @property
@@ -265,7 +268,7 @@ class TwoStageDetector:
             field = torch.as_tensor(self.normalizer(field))
         with torch.inference_mode():
             out = self.detector.detect(field.to(device), float(spacing))
-        return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
+        return _to_numpy(out)
 
 
 def write_detection_outputs(

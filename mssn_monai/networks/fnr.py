@@ -145,17 +145,27 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     raise ValueError(f"{name} must be an int or a pair [H, W] of ints, got {value!r}.")
 
 
-def _mirror_indices(start: int, length: int, size: int) -> np.ndarray:
-    """Source indices of pixels ``start .. start + length - 1`` of an axis of ``size`` under the
-    symmetric rule (``numpy.pad(mode="symmetric")``, repeated periodically for pads larger than the axis)."""
-    idx = np.arange(start, start + length) % (2 * size)
+def _mirror(idx: np.ndarray, size: int) -> np.ndarray:
+    """The border rule on an array of pixel indices of an axis of ``size``: the source index of each
+    (``numpy.pad(mode="symmetric")``, repeated periodically for pads larger than the axis)."""
+    idx = idx % (2 * size)
     return np.where(idx < size, idx, 2 * size - 1 - idx)
+
+
+def _mirror_tensor(idx: torch.Tensor, size: int) -> torch.Tensor:
+    """Torch (TorchScript) twin of :func:`_mirror`."""
+    idx = torch.remainder(idx, 2 * size)
+    return torch.where(idx < size, idx, 2 * size - 1 - idx)
+
+
+def _mirror_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Source indices of pixels ``start .. start + length - 1`` of an axis of ``size`` (:func:`_mirror`)."""
+    return _mirror(np.arange(start, start + length), size)
 
 
 def _mirror_index(start: int, length: int, size: int, device: torch.device) -> torch.Tensor:
     """Torch (TorchScript) twin of :func:`_mirror_indices`: ``(length,)`` int64 source indices on ``device``."""
-    idx = torch.remainder(torch.arange(start, start + length, device=device), 2 * size)
-    return torch.where(idx < size, idx, 2 * size - 1 - idx)
+    return _mirror_tensor(torch.arange(start, start + length, device=device), size)
 
 
 def _take_rows_cols(image: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
@@ -275,13 +285,8 @@ def extract_patches(image: torch.Tensor | np.ndarray, points: np.ndarray, size: 
         return gather_patches(image, torch.as_tensor(centre, device=image.device), int(size))
     offsets = np.arange(size) - size // 2
     h, w = int(image.shape[-2]), int(image.shape[-1])
-
-    def mirror(idx: np.ndarray, n: int) -> np.ndarray:
-        idx = idx % (2 * n)
-        return np.where(idx < n, idx, 2 * n - 1 - idx)
-
-    rows = mirror(centre[:, 1, None] + offsets[None], h)  # (M, size)
-    cols = mirror(centre[:, 0, None] + offsets[None], w)
+    rows = _mirror(centre[:, 1, None] + offsets[None], h)  # (M, size)
+    cols = _mirror(centre[:, 0, None] + offsets[None], w)
     return np.ascontiguousarray(np.moveaxis(np.asarray(image)[:, rows[:, :, None], cols[:, None, :]], 1, 0))
 
 
@@ -302,10 +307,8 @@ def gather_patches(image: torch.Tensor, centres: torch.Tensor, size: int) -> tor
     """
     h, w = int(image.shape[-2]), int(image.shape[-1])
     offsets = torch.arange(size, device=image.device) - size // 2
-    rows = torch.remainder(centres[:, 1:2] + offsets.unsqueeze(0), 2 * h)  # (M, size)
-    cols = torch.remainder(centres[:, 0:1] + offsets.unsqueeze(0), 2 * w)
-    rows = torch.where(rows < h, rows, 2 * h - 1 - rows)
-    cols = torch.where(cols < w, cols, 2 * w - 1 - cols)
+    rows = _mirror_tensor(centres[:, 1:2] + offsets.unsqueeze(0), h)  # (M, size)
+    cols = _mirror_tensor(centres[:, 0:1] + offsets.unsqueeze(0), w)
     return image[:, rows.unsqueeze(2), cols.unsqueeze(1)].permute(1, 0, 2, 3).contiguous()
 
 
