@@ -331,13 +331,48 @@ COMMANDS = {
 }
 
 
+ARG_LIMITS = {
+    "synth": {
+        "n_images": "[1, inf)",
+        "seed": "[0, inf)",
+        "spacing": "(0, inf)",
+        "frames_per_slide": "[1, inf)",
+        "style": ("default", "shifted"),
+    },
+    "prepare": {
+        "format": ("icpr2012", "mitos-atypia-14", "tupac16", "midog"),
+        "val_fraction": "[0, 1]",
+        "test_fraction": "[0, 1]",
+        "seed": "[0, inf)",
+        "spacing": "(0, inf)",
+    },
+    "baseline": {"spacing": "(0, inf)"},
+    "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]", "min_distance_um": "[0, inf)"},
+    "detect": {"spacing": "(0, inf)"},
+    "evaluate": {"radius_um": "(0, inf)", "matching": ("optimal", "greedy")},
+}
+"""Accepted numbers (intervals) and texts (choices) of the commands' arguments, checked before a command runs
+(:func:`mssn_monai.cli_args.check_command_args`); every number must also be finite. ``evaluate --threshold``
+has no interval: scores are not always probabilities (the baseline's are darkness ratios)."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run a command with python-fire; input errors end in one line and exit status 2."""
+    """Entry point: check the arguments against the command's signature and :data:`ARG_LIMITS`, then run
+    the command with python-fire; input errors (bad flags included, before anything is written) end in one
+    line on stderr and exit status 2."""
     import fire
 
+    from mssn_monai.cli_args import ArgumentError, check_command_args
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    try:
+        check_command_args(args, COMMANDS, ARG_LIMITS)
+    except ArgumentError as e:
+        print(f"error: {e} (see: python -m mssn_monai {args[0]} --help)", file=sys.stderr)
+        sys.exit(2)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        fire.Fire(COMMANDS, command=argv, name="mssn_monai")
+        fire.Fire(COMMANDS, command=args, name="mssn_monai")
     except (ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)

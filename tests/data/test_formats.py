@@ -398,5 +398,5 @@ def test_cli_prepare_unknown_format(tmp_path):
     result = _cli("--format", "midogg", "--root", str(tmp_path), "--out", "d.json", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown dataset format 'midogg'" in lines[0] and "did you mean 'midog'" in lines[0]
+    assert len(lines) == 1 and "--format: unknown format 'midogg'" in lines[0] and "did you mean 'midog'" in lines[0]
     assert not (tmp_path / "d.json").exists()
