@@ -139,7 +139,7 @@ def image_area_mm2(width: int, height: int, spacing: float) -> float:
         raise ValueError(f"image size must be positive, got width={width!r}, height={height!r}")
     if not math.isfinite(spacing) or spacing <= 0:
         raise ValueError(f"spacing must be a positive number (um/px), got {spacing!r}")
-    return float(width) * float(height) * float(spacing) ** 2 / 1e6
+    return float(width) * float(height) * float(spacing) * float(spacing) / 1e6  # inf, not OverflowError
 
 
 def count_per_mm2(count: int, area_mm2: float) -> float:
@@ -439,9 +439,10 @@ def evaluate_predictions(
                 "radius_px": radius_px,
                 "width": width,
                 "height": height,
-                "area_mm2": area,
-                "gt_per_mm2": count_per_mm2(len(gt), area),
-                "pred_per_mm2": count_per_mm2(len(kept), area),
+                # an absurd spacing under- or overflows the area: area and densities are undefined (null)
+                "area_mm2": area if 0.0 < area < math.inf else None,
+                "gt_per_mm2": count_per_mm2(len(gt), area) if 0.0 < area < math.inf else None,
+                "pred_per_mm2": count_per_mm2(len(kept), area) if 0.0 < area < math.inf else None,
             }
         )
         gts.append(gt)
@@ -502,7 +503,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         lines.append(
             f"{d['image']:<{name_w}} {d['n_gt']:>5d} {d['n_pred']:>6d} {d['tp']:>5d} {d['fp']:>5d} {d['fn']:>5d} "
             f"{d['precision']:>6.3f} {d['recall']:>6.3f} {d['f1']:>6.3f} "
-            f"{d['gt_per_mm2']:>8.2f} {d['pred_per_mm2']:>8.2f}"
+            + " ".join("     n/a" if d[k] is None else f"{d[k]:>8.2f}" for k in ("gt_per_mm2", "pred_per_mm2"))
         )
     s, o = report.get("settings", {}), report["overall"]
     thr = "all detections" if s.get("threshold") is None else f"score >= {s['threshold']:g}"
