@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+import threading
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +26,8 @@ import numpy as np
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
+    "MAX_DECODED_IMAGE_PIXELS",
     "atomic_write",
     "write_json",
     "read_json",
@@ -32,6 +36,7 @@ __all__ = [
     "write_image",
     "list_images",
     "write_detections_csv",
+    "CSV_COLUMN_NAMES",
     "read_detections_csv",
     "read_predictions",
     "for_each_image",
@@ -78,8 +83,43 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Ite
         raise
 
 
+def _non_finite_path(obj: Any, where: str = "") -> tuple[str, Any] | None:
+    """The key path (``report.per_image[3].f1``) and value of the first NaN or infinity in ``obj``."""
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isfinite(obj) else (where or "(top level)", obj)
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.kind in "fc" and not np.isfinite(obj).all():
+            index = tuple(int(i) for i in np.argwhere(~np.isfinite(obj))[0])
+            return f"{where}[{']['.join(map(str, index))}]", obj[index]
+        return None
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = _non_finite_path(v, f"{where}.{k}" if where else str(k))
+            if found is not None:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = _non_finite_path(v, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (numpy scalars and arrays are converted)."""
+    """Write ``obj`` as strict JSON to ``path`` atomically (numpy scalars and arrays are converted).
+
+    JSON has no NaN or infinity: a non-finite float is refused before anything is written (write
+    ``None``, i.e. ``null``, for a value that is undefined).
+
+    Args:
+        path: the JSON file.
+        obj: dicts, lists, numbers, strings, ``None``, numpy scalars and arrays, paths.
+        indent: indentation of the file (``None``: one line).
+
+    Raises:
+        ValueError: ``obj`` holds NaN or infinity; the message names the file and the key path of the value.
+        TypeError: ``obj`` holds a value JSON cannot represent.
+    """
 
     def _default(o: Any) -> Any:
         if isinstance(o, np.generic):
@@ -88,10 +128,18 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
             return o.tolist()
         if isinstance(o, Path):
             return str(o)
-        raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+        raise TypeError(f"{path}: {type(o).__name__} is not JSON serialisable")
 
+    try:
+        text = json.dumps(obj, indent=indent, default=_default, allow_nan=False)
+    except ValueError as e:
+        found = _non_finite_path(obj)
+        where = f"{found[0]} = {float(found[1])!r}" if found is not None else str(e)
+        raise ValueError(
+            f"{path}: cannot write {where}: JSON has no NaN or infinity (an undefined value must be None/null)"
+        ) from e
     with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=indent, default=_default)
+        f.write(text)
         f.write("\n")
 
 
@@ -112,31 +160,42 @@ def read_json(path: str | os.PathLike) -> Any:
 def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as an ``(H, W, 3)`` uint8 RGB array.
 
-    TIFF goes through tifffile (first page, level 0), everything else through Pillow. Grayscale is
+    TIFF goes through tifffile (first page, level 0), everything else through Pillow. The size in the
+    header is checked before any pixel is decoded: at most :data:`MAX_IMAGE_PIXELS` for TIFF and
+    :data:`MAX_DECODED_IMAGE_PIXELS` for the other formats (which cannot be read by tiles). Grayscale is
     repeated to three channels, an alpha channel is dropped, 16-bit data are scaled to 8 bits
-    (``value >> 8``), float data in [0, 1] are scaled by 255 (NaN becomes 0).
+    (``value >> 8``), signed 16-bit data are mapped as described in :func:`_to_rgb_uint8` (with a
+    warning), float data in [0, 1] are scaled by 255 (NaN becomes 0).
 
     Args:
         path: an image file with one of :data:`IMAGE_SUFFIXES`.
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: the file cannot be decoded or has an unsupported layout; the message names the file.
+        ValueError: the file cannot be decoded, is larger than the limit (a possible decompression bomb)
+            or has an unsupported layout; the message is one line that names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: empty file (0 bytes)")
+    is_tiff = path.suffix.lower() in _TIFF_SUFFIXES
+    width, height = image_size(path)
+    limit = MAX_IMAGE_PIXELS if is_tiff else MAX_DECODED_IMAGE_PIXELS
+    if width * height > limit:
+        which = "MAX_IMAGE_PIXELS" if is_tiff else "MAX_DECODED_IMAGE_PIXELS"
+        raise ValueError(
+            f"{path}: the header claims {width}x{height} = {width * height} pixels, more than the limit of "
+            f"{limit} (mssn_monai.io.{which}); refused without decoding (a corrupt file or a decompression bomb)"
+        )
     try:
-        if path.suffix.lower() in (".tif", ".tiff"):
+        if is_tiff:
             import tifffile
 
             arr = tifffile.imread(path, key=0)
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
+            with _open_pillow(path, limit) as im:
                 im.load()
                 if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                     arr = np.asarray(im)
@@ -144,19 +203,60 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
                     arr = np.asarray(im.convert("RGB"))
                 else:
                     arr = np.asarray(im)
-    except (OSError, ValueError, SyntaxError, RuntimeError) as e:  # decoders raise a zoo of types
-        raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+    except Exception as e:  # decoders raise a zoo of types (OSError, SyntaxError, struct.error, MemoryError, ...)
+        raise ValueError(f"{path}: cannot read image ({_one_line(e)})") from e
     return _to_rgb_uint8(np.asarray(arr), path)
 
 
 _TIFF_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".qptiff")
+
+MAX_IMAGE_PIXELS = 30000 * 30000
+"""Largest TIFF (level 0, width x height) :func:`read_image_rgb` decodes; larger ones are refused from the
+header. Set ``mssn_monai.io.MAX_IMAGE_PIXELS`` to change it."""
+
+MAX_DECODED_IMAGE_PIXELS = 20000 * 20000
+"""Largest PNG, JPEG or BMP :func:`read_image_rgb` decodes (these are decoded whole, never by tiles);
+larger ones are refused from the header. Set ``mssn_monai.io.MAX_DECODED_IMAGE_PIXELS`` to change it."""
+
+_PILLOW_LOCK = threading.Lock()
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
+@contextlib.contextmanager
+def _open_pillow(path: Path, max_pixels: int | None) -> Iterator[Any]:
+    """``PIL.Image.open`` with Pillow's decompression bomb limit set to ``max_pixels`` for this call.
+
+    Pillow warns above ``Image.MAX_IMAGE_PIXELS`` and refuses twice that; this package checks the size
+    itself (:data:`MAX_DECODED_IMAGE_PIXELS`), so the warning is silenced and the refusal becomes a
+    ``ValueError`` naming the file.
+    """
+    from PIL import Image
+
+    with _PILLOW_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"{path}: image too large, refused without decoding ({_one_line(e)})") from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        yield im
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """``(width, height)`` of an image in pixels, read from its header without decoding pixels.
 
     TIFF-based files (``.tif``, ``.tiff``, ``.svs``, ...) go through tifffile (first page = level 0),
-    other formats through Pillow's lazy ``Image.open``.
+    other formats through Pillow's lazy ``Image.open`` (without Pillow's size limit: only the header is read).
+
+    Args:
+        path: an image file.
 
     Raises:
         FileNotFoundError: missing file.
@@ -173,19 +273,26 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
                 page = tif.pages[0]
                 width, height = int(page.imagewidth), int(page.imagelength)
         else:
-            from PIL import Image
-
-            with Image.open(path) as im:
+            with _open_pillow(path, None) as im:
                 width, height = (int(v) for v in im.size)
     except Exception as e:  # corrupt files raise many types (TiffFileError, struct.error, OSError, ...)
-        reason = " ".join(f"{type(e).__name__}: {e}".split())
-        raise ValueError(f"{path}: cannot read the image size ({reason})") from e
+        raise ValueError(f"{path}: cannot read the image size ({_one_line(e)})") from e
     if width < 1 or height < 1:
         raise ValueError(f"{path}: image has no pixels ({width}x{height})")
     return width, height
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Convert decoded pixels to ``(H, W, 3)`` uint8.
+
+    uint8 is kept; uint16 is shifted by 8 bits; int16 (signed) has its negative values set to 0 and is
+    then kept when it fits 8 bits (every value <= 255) or else shifted by 7 bits (32767 -> 255), with a
+    warning naming the file; other integers are clipped to [0, 255]; floats in [0, 1] are scaled by 255,
+    others clipped, NaN becomes 0.
+
+    Raises:
+        ValueError: an unsupported shape or pixel type; the message names the file.
+    """
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) TIFF
     if arr.ndim == 2:
@@ -201,6 +308,18 @@ def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
         return np.ascontiguousarray(arr)
     if arr.dtype == np.uint16:
         return (arr >> 8).astype(np.uint8)
+    if arr.dtype == np.int16:
+        lo, hi = int(arr.min()), int(arr.max())
+        a = np.maximum(arr, 0)
+        fits = hi <= 255
+        logger.warning(
+            "%s: signed 16-bit pixels (range %d..%d): negative values set to 0, %s",
+            path,
+            lo,
+            hi,
+            "values kept as 8-bit (all <= 255)" if fits else "then scaled to 8 bits (value >> 7, 32767 -> 255)",
+        )
+        return (a if fits else a >> 7).astype(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0)
         scale = 255.0 if a.max(initial=0.0) <= 1.0 else 1.0
@@ -261,44 +380,124 @@ def write_detections_csv(path: str | os.PathLike, detections: np.ndarray | Seque
             w.writerow([f"{x:.2f}", f"{y:.2f}", f"{s:.6g}"])
 
 
+CSV_COLUMN_NAMES = {
+    "x": ("x", "col", "column", "cx", "x_px", "centroid_x", "x_coord", "xcoord"),
+    "y": ("y", "row", "cy", "y_px", "centroid_y", "y_coord", "ycoord"),
+    "score": ("score", "prob", "probability", "confidence", "conf", "p", "likelihood"),
+}
+"""Header cells :func:`read_detections_csv` recognises (case-insensitive) for each column."""
+
+_CSV_COLUMN_OF = {name: column for column, names in CSV_COLUMN_NAMES.items() for name in names}
+
+
+def _csv_header(cells: Sequence[str]) -> dict[str, int] | None:
+    """``{"x": index, "y": index[, "score": index]}`` when every cell is a known column name, else ``None``."""
+    columns = [_CSV_COLUMN_OF.get(c.strip().lower().replace(" ", "_")) for c in cells]
+    if not cells or None in columns or "x" not in columns or "y" not in columns:
+        return None
+    if len(set(columns)) != len(columns):
+        return None
+    return {column: i for i, column in enumerate(columns)}
+
+
 def read_detections_csv(path: str | os.PathLike, default_score: float = 1.0) -> np.ndarray:
     """Read rows ``x,y[,score]`` into an ``(N, 3)`` float array; a missing score is ``default_score``.
 
-    A first line that does not parse as numbers is taken as a header and skipped; blank lines are
-    skipped. Any other row that does not parse raises ``ValueError`` naming the file and line.
+    The first non-blank line is a header only when every cell is a known column name (see
+    :data:`CSV_COLUMN_NAMES`, e.g. ``x,y,score`` or ``y,x,probability``); its columns are then read by name,
+    so their order does not matter. Without a header the rows are ``x,y`` or ``x,y,score``. Blank lines are
+    skipped. Every other cell must be a finite number.
+
+    Args:
+        path: the CSV file (UTF-8, with or without a byte order mark).
+        default_score: the score of rows without one.
+
+    Returns:
+        ``(N, 3)`` float64 array of ``x, y, score``.
+
+    Raises:
+        FileNotFoundError: missing file.
+        ValueError: not a UTF-8 text file, or a line that is not a header nor finite numbers in the
+            expected columns; the message names the file and the line number.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     rows: list[list[float]] = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        for lineno, row in enumerate(csv.reader(f), start=1):
-            cells = [c.strip() for c in row]
-            if not any(cells):
-                continue
-            try:
-                vals = [float(c) for c in cells[:3]]
-                if len(vals) < 2:
-                    raise ValueError("need at least x,y")
-                if not all(np.isfinite(vals)):
-                    raise ValueError("non-finite value")
-            except ValueError as e:
-                if lineno == 1 and not rows and any(c.isalpha() for c in "".join(cells)):
-                    continue  # header
-                raise ValueError(f"{path}:{lineno}: cannot parse row {row!r} as x,y[,score] ({e})") from e
-            rows.append(vals if len(vals) == 3 else vals + [default_score])
+    header: dict[str, int] | None = None
+    seen_content = False
+    lineno = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                lineno = reader.line_num
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                if seen_content:
+                    rows.append(_csv_row(cells, header, default_score, f"{path}:{lineno}"))
+                    continue
+                seen_content = True
+                header = _csv_header(cells)
+                if header is None:
+                    try:
+                        rows.append(_csv_row(cells, None, default_score, f"{path}:{lineno}"))
+                    except ValueError as e:
+                        names = ", ".join(f"{k} ({'/'.join(v[1:4])}...)" for k, v in CSV_COLUMN_NAMES.items())
+                        raise ValueError(f"{e}; a header must name each column: {names}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not a UTF-8 text CSV file (byte {e.start}: {e.reason}); expected rows x,y,score"
+        ) from e
+    except csv.Error as e:
+        raise ValueError(f"{path}:{lineno + 1}: not a readable CSV line ({e}); expected rows x,y,score") from e
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def _csv_row(cells: Sequence[str], header: Mapping[str, int] | None, default_score: float, where: str) -> list[float]:
+    if header is None:
+        if len(cells) not in (2, 3):
+            raise ValueError(
+                f"{where}: expected 2 or 3 cells x,y[,score] (or a header such as x,y,score), got {len(cells)}: "
+                f"{','.join(cells)[:200]!r}"
+            )
+        index = {"x": 0, "y": 1, "score": 2} if len(cells) == 3 else {"x": 0, "y": 1}
+    else:
+        index = {k: i for k, i in header.items() if i < len(cells)}  # a row may leave out a last score column
+        if len(cells) > len(header) or not {"x", "y"} <= index.keys():
+            raise ValueError(f"{where}: expected {len(header)} cells like the header, got {len(cells)}")
+    values = []
+    for column in ("x", "y", "score"):
+        if column not in index:
+            values.append(float(default_score))
+            continue
+        cell = cells[index[column]]
+        try:
+            value = float(cell)
+        except ValueError:
+            value = None
+        if value is None or not np.isfinite(value):
+            raise ValueError(f"{where}: {column} must be a finite number, got {cell[:100]!r}")
+        values.append(value)
+    return values
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read detections for many images, keyed by image stem.
 
     Args:
-        path: a directory of ``<image stem>.csv`` files (rows ``x,y,score``), or one JSON file mapping
-            an image name (stem or file name, with or without folders) to a list of ``[x, y, score]``.
+        path: a directory of ``<image stem>.csv`` files (read by :func:`read_detections_csv`), or one JSON
+            file mapping an image name (stem or file name, with or without folders) to a list of
+            ``[x, y, score]`` (or ``[x, y]``, score 1).
 
     Returns:
         ``{stem: (N, 3) float array}``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: a CSV or JSON entry that is not a list of finite ``[x, y, score]``; the message names
+            the file (and the entry or line).
     """
     path = Path(path)
     if not path.exists():
@@ -311,17 +510,29 @@ def read_predictions(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for name, dets in data.items():
         try:
+            if isinstance(dets, (str, bytes, dict)) or any(isinstance(v, (str, bool)) for v in _flat(dets)):
+                raise ValueError("holds text or true/false")
             arr = np.asarray(dets, dtype=np.float64)
             if arr.size == 0:
                 arr = arr.reshape(0, 3)
             if arr.ndim != 2 or arr.shape[1] not in (2, 3):
                 raise ValueError(f"shape {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError("NaN or infinity")
         except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: entry {name!r} is not a list of [x, y, score] ({e})") from e
+            raise ValueError(f"{path}: entry {name!r} is not a list of finite [x, y, score] ({e})") from e
         if arr.shape[1] == 2:
             arr = np.concatenate([arr, np.ones((len(arr), 1))], axis=1)
         out[Path(name).stem] = arr
     return out
+
+
+def _flat(value: Any) -> Iterator[Any]:
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _flat(v)
+    else:
+        yield value
 
 
 def for_each_image(

@@ -92,3 +92,174 @@ def test_atomic_write_leaves_nothing_on_error(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(NotADirectoryError):
         write_json(tmp_path / "file" / "x.json", {})
+
+
+@pytest.mark.parametrize("first_row", ["182.5,nan,4.6", "12.5,30,high", "1,inf", "a,b", "x,y,label"])
+def test_csv_first_row_that_is_not_a_header_is_an_error(tmp_path, first_row):
+    path = tmp_path / "d.csv"
+    path.write_text(f"{first_row}\n1,2,0.5\n")
+    with pytest.raises(ValueError, match=r"d\.csv:1: "):
+        read_detections_csv(path)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("y,x,score\n1,2,0.5\n", [[2, 1, 0.5]]),
+        ("Score, Y ,X\n0.5,1,2\n", [[2, 1, 0.5]]),
+        ("\n\nrow,col,probability\n1,2,0.25\n3,4\n", [[2, 1, 0.25], [4, 3, 1.0]]),
+        ("X,Y\n1,2\n", [[1, 2, 1.0]]),
+        ("\ufeffx,y,score\r\n1,2,0.5\r\n", [[1, 2, 0.5]]),
+        ("1,2\n\n3,4,0.5\n", [[1, 2, 1.0], [3, 4, 0.5]]),
+        ("", np.zeros((0, 3))),
+        ("x,y,score\n", np.zeros((0, 3))),
+    ],
+)
+def test_csv_header_columns_are_read_by_name(tmp_path, text, expected):
+    (tmp_path / "d.csv").write_bytes(text.encode("utf-8"))
+    np.testing.assert_array_equal(read_detections_csv(tmp_path / "d.csv"), np.asarray(expected, float).reshape(-1, 3))
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("x,y,score\n1,2,0.5\nx,y,score\n", r"d\.csv:3: x must be a finite number, got 'x'"),
+        ("1,2,0.5\n3,nan,1\n", r"d\.csv:2: y must be a finite number, got 'nan'"),
+        ("1,2,0.5\n3,4,-inf\n", r"d\.csv:2: score must be a finite number"),
+        ("1,2,0.5,7\n", r"d\.csv:1: expected 2 or 3 cells"),
+        ("1\n", r"d\.csv:1: expected 2 or 3 cells"),
+        ("1,2\n3,,1\n", r"d\.csv:2: y must be a finite number, got ''"),
+        ("x,y,x\n1,2,3\n", r"d\.csv:1: "),
+        ("score,x,y\n0.5,1\n", r"d\.csv:2: expected 3 cells like the header"),
+    ],
+)
+def test_csv_bad_cells_name_the_file_and_line(tmp_path, text, match):
+    (tmp_path / "d.csv").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        read_detections_csv(tmp_path / "d.csv")
+
+
+def test_csv_binary_file_names_the_file(tmp_path):
+    (tmp_path / "bin.csv").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe" * 8)
+    with pytest.raises(ValueError, match=r"bin\.csv: not a UTF-8 text CSV"):
+        read_detections_csv(tmp_path / "bin.csv")
+    (tmp_path / "nul.csv").write_bytes(b"1,2,3\n4,\x00,5\n")
+    with pytest.raises(ValueError, match=r"nul\.csv:2"):
+        read_detections_csv(tmp_path / "nul.csv")
+    (tmp_path / "preds").mkdir()
+    (tmp_path / "preds" / "a.csv").write_bytes(b"\xff\xfe\x00\x01")
+    with pytest.raises(ValueError, match=r"a\.csv: not a UTF-8"):
+        read_predictions(tmp_path / "preds")
+
+
+def test_json_predictions_with_non_finite_or_text_name_the_entry(tmp_path):
+    (tmp_path / "p.json").write_text('{"a.tif": [[1, 2, NaN]]}')
+    with pytest.raises(ValueError, match=r"p\.json: entry 'a\.tif' is not a list of finite"):
+        read_predictions(tmp_path / "p.json")
+    (tmp_path / "q.json").write_text('{"a.tif": [["1", "2", "0.5"]]}')
+    with pytest.raises(ValueError, match=r"q\.json: entry 'a\.tif'"):
+        read_predictions(tmp_path / "q.json")
+
+
+@pytest.mark.parametrize(
+    "obj, where",
+    [
+        ({"overall": {"f1": float("nan")}}, "overall.f1 = nan"),
+        ({"per_image": [{"a": 1.0}, {"a": np.float32("inf")}]}, r"per_image\[1\]\.a = inf"),
+        ({"sweep": {"precision": np.array([0.5, -np.inf])}}, r"sweep\.precision\[1\] = -inf"),
+        ([1.0, [2.0, float("nan")]], r"\[1\]\[1\] = nan"),
+    ],
+)
+def test_write_json_refuses_nan_and_infinity(tmp_path, obj, where):
+    target = tmp_path / "report.json"
+    target.write_text("old")
+    with pytest.raises(ValueError, match=rf"report\.json: cannot write {where}: JSON has no NaN"):
+        write_json(target, obj)
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]
+    write_json(target, {"f1": None, "x": np.float32(0.5), "a": np.arange(2)})
+    assert target.read_text() == '{\n  "f1": null,\n  "x": 0.5,\n  "a": [\n    0,\n    1\n  ]\n}\n'
+
+
+def test_evaluation_report_writes_null_for_undefined_densities(tmp_path):
+    from mssn_monai.metrics import evaluate_predictions
+
+    write_detections_csv(tmp_path / "pred" / "a.csv", [[1, 2, 0.9]])
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")
+    for spacing in (1e-200, 1e200):  # the area under- or overflows
+        records = [{"image": str(tmp_path / "a.png"), "mitoses": [[1, 2]], "spacing": spacing}]
+        report = evaluate_predictions(records, tmp_path / "pred", radius_um=1e-100)
+        row = report["per_image"][0]
+        assert row["area_mm2"] is None and row["gt_per_mm2"] is None and row["pred_per_mm2"] is None
+        write_json(tmp_path / "r.json", report)
+        assert "NaN" not in (tmp_path / "r.json").read_text()
+
+
+def _png_claiming(path, width, height):
+    """A tiny PNG whose header claims ``width`` x ``height`` RGB pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 10000, 9)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def _tiff_claiming(path, width, height):
+    """A tiny TIFF whose header claims ``width`` x ``height`` pixels."""
+    import struct
+
+    tifffile.imwrite(path, np.zeros((8, 8, 3), np.uint8), photometric="rgb", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        tags = tif.pages[0].tags
+        fields = [(tags[name].valueoffset, tags[name].dtype) for name in ("ImageWidth", "ImageLength")]
+    data = bytearray(path.read_bytes())
+    for (offset, dtype), value in zip(fields, (width, height), strict=True):
+        struct.pack_into("<H" if dtype == 3 else "<I", data, offset, min(value, 65535) if dtype == 3 else value)
+    path.write_bytes(bytes(data))
+
+
+def test_decompression_bombs_are_refused_from_the_header(tmp_path):
+    _png_claiming(tmp_path / "bomb.png", 100000, 100000)
+    assert (tmp_path / "bomb.png").stat().st_size < 10_000
+    with pytest.raises(ValueError, match=r"bomb\.png: the header claims 100000x100000 = 10000000000 pixels"):
+        read_image_rgb(tmp_path / "bomb.png")
+    _tiff_claiming(tmp_path / "bomb.tif", 100000, 100000)
+    with pytest.raises(ValueError, match=r"bomb\.tif: the header claims \d+x\d+ = \d+ pixels, more than the limit"):
+        read_image_rgb(tmp_path / "bomb.tif")
+
+
+def test_image_pixel_limits_are_configurable(tmp_path, monkeypatch):
+    import mssn_monai.io as io
+
+    img = np.zeros((30, 40, 3), np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    tifffile.imwrite(tmp_path / "a.tif", img, photometric="rgb")
+    monkeypatch.setattr(io, "MAX_DECODED_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match=r"a\.png: the header claims 40x30 = 1200 pixels.*MAX_DECODED_IMAGE_PIXELS"):
+        read_image_rgb(tmp_path / "a.png")
+    assert read_image_rgb(tmp_path / "a.tif").shape == (30, 40, 3)
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ValueError, match=r"a\.tif: .*MAX_IMAGE_PIXELS"):
+        read_image_rgb(tmp_path / "a.tif")
+    # Pillow's own limit (89 Mpx warning, 179 Mpx error) is replaced by ours, and left as it was
+    from PIL import Image as PILImage
+
+    before = PILImage.MAX_IMAGE_PIXELS
+    _png_claiming(tmp_path / "big.png", 15000, 15000)
+    with pytest.raises(ValueError, match=r"big\.png: cannot read image"):  # truncated data, not a bomb error
+        monkeypatch.setattr(io, "MAX_DECODED_IMAGE_PIXELS", 20000 * 20000)
+        read_image_rgb(tmp_path / "big.png")
+    assert PILImage.MAX_IMAGE_PIXELS == before
+
+
+def test_signed_16_bit_tiff_is_mapped_with_a_warning(tmp_path, caplog):
+    tifffile.imwrite(tmp_path / "s.tif", np.array([[-5, 0], [1024, 32767]], np.int16))
+    with caplog.at_level("WARNING", logger="mssn_monai.io"):
+        out = read_image_rgb(tmp_path / "s.tif")
+    np.testing.assert_array_equal(out[..., 0], [[0, 0], [8, 255]])
+    assert "s.tif" in caplog.text and "signed 16-bit" in caplog.text
+    tifffile.imwrite(tmp_path / "small.tif", np.array([[-5, 0], [100, 255]], np.int16))
+    np.testing.assert_array_equal(read_image_rgb(tmp_path / "small.tif")[..., 1], [[0, 0], [100, 255]])
