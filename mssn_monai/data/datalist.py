@@ -212,6 +212,48 @@ def write_datalist(datalist: Mapping[str, Iterable[Mapping[str, Any]]], out: str
     return out
 
 
+def _check_record(record: Mapping[str, Any], where: str) -> None:
+    """Check the types of a record's keys; errors name ``where`` (the datalist file and record), the key,
+    what was expected and what was found."""
+    image = record[DatalistKeys.IMAGE]
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError(f"{where}: {DatalistKeys.IMAGE!r} must be a file path (text), got {image!r}")
+    where = f"{where} ({image})"
+    for key in (DatalistKeys.MITOSES, DatalistKeys.MIMICS):
+        if key not in record or record[key] is None:
+            continue
+        points = record[key]
+        if not (isinstance(points, list) and all(_is_point(p) for p in points)):
+            bad = points if not isinstance(points, list) else next(p for p in points if not _is_point(p))
+            raise ValueError(
+                f"{where}: {key!r} must be a list of [x, y] points (finite numbers), got {_short(bad)}"
+                + ("" if bad is points else f" among {len(points)} points")
+            )
+    if DatalistKeys.SPACING in record and record[DatalistKeys.SPACING] is not None:
+        spacing = record[DatalistKeys.SPACING]
+        if (
+            isinstance(spacing, bool)
+            or not isinstance(spacing, (int, float))
+            or not (math.isfinite(spacing) and spacing > 0)
+        ):
+            raise ValueError(
+                f"{where}: {DatalistKeys.SPACING!r} must be a positive number of um/px, got {_short(spacing)}"
+            )
+
+
+def _is_point(p: Any) -> bool:
+    return (
+        isinstance(p, list)
+        and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in p)
+    )
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_datalist(
     path: str | os.PathLike, section: str | None = None
 ) -> dict[str, list[dict[str, Any]]] | list[dict[str, Any]]:
@@ -230,8 +272,9 @@ def load_datalist(
 
     Raises:
         FileNotFoundError: missing file.
-        ValueError: not valid JSON, not a mapping of lists of records with an ``image`` each, or no such
-            section; the message names the file.
+        ValueError: not valid JSON, not a mapping of lists of records with an ``image`` each, no such
+            section, or a record whose ``mitoses`` / ``mimics`` are not lists of finite ``[x, y]`` or whose
+            ``spacing`` is not a positive number; the message names the file, the record and the key.
     """
     path = Path(path)
     data = read_json(path)
@@ -249,6 +292,7 @@ def load_datalist(
         for i, record in enumerate(sections[name]):
             if not isinstance(record, dict) or DatalistKeys.IMAGE not in record:
                 raise ValueError(f"{path}: {name}[{i}] is not a record with an {DatalistKeys.IMAGE!r} key")
+            _check_record(record, f"{path}: {name}[{i}]")
             record = dict(record)
             image = Path(os.fspath(record[DatalistKeys.IMAGE])).expanduser()
             record[DatalistKeys.IMAGE] = str(image) if image.is_absolute() else os.path.normpath(base / image)

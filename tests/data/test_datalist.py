@@ -144,3 +144,38 @@ def test_write_rejects_bad_datalist_before_writing(tmp_path):
     with pytest.raises(ValueError, match="must be a list of records"):
         write_datalist({"training": "a.png"}, out)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "record, match",
+    [
+        (
+            {"image": "a.png", "mitoses": "abc"},
+            r"'mitoses' must be a list of \[x, y\] points \(finite numbers\), got 'abc'",
+        ),
+        ({"image": "a.png", "mitoses": [[1, 2], [3]]}, r"'mitoses' .* got \[3\] among 2 points"),
+        ({"image": "a.png", "mimics": [[1, "2"]]}, r"'mimics' .* got \[1, '2'\]"),
+        ({"image": "a.png", "mitoses": [[1, float("nan")]]}, r"'mitoses' .* got \[1, nan\]"),
+        ({"image": "a.png", "mitoses": [[True, 2]]}, r"'mitoses' .* got \[True, 2\]"),
+        ({"image": "a.png", "spacing": "0.25"}, r"'spacing' must be a positive number of um/px, got '0.25'"),
+        ({"image": "a.png", "spacing": 0}, r"'spacing' must be a positive number of um/px, got 0"),
+        ({"image": 7}, r"'image' must be a file path \(text\), got 7"),
+    ],
+)
+def test_load_bad_record_values_name_the_file_record_and_key(tmp_path, record, match):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"training": [{"image": "ok.png"}], "testing": [record]}))
+    where = r"d\.json: testing\[0\]" + (r" \(a\.png\)" if record["image"] == "a.png" else "")
+    with pytest.raises(ValueError, match=where + ": " + match):
+        load_datalist(path, "all")
+    assert load_datalist(path, "training")[0]["image"].endswith("ok.png")  # only the sections read are checked
+
+
+def test_load_accepts_empty_and_missing_optional_keys(tmp_path):
+    path = tmp_path / "d.json"
+    records = [
+        {"image": "a.png", "mitoses": [], "mimics": None},
+        {"image": "b.png", "mitoses": [[1.5, 2]], "spacing": 1},
+    ]
+    path.write_text(json.dumps({"testing": records}))
+    assert [r["mitoses"] for r in load_datalist(path, "testing")] == [[], [[1.5, 2]]]
