@@ -15,9 +15,7 @@ Input
     as :func:`mssn_monai.networks.fnr.extract_patch` cuts it (same border rule as stage 1).
 
 Classes
-    ``0`` background / ordinary tissue, ``1`` mitosis, ``2`` hard mimic: the values of
-    ``mssn_monai.data.patches.PatchClass`` (restated here as :data:`NUM_CLASSES` and
-    :data:`MITOSIS_CLASS` because importing the data package from the networks would be circular).
+    ``0`` background / ordinary tissue, ``1`` mitosis, ``2`` hard mimic: :class:`mssn_monai.keys.PatchClass`.
 
 Similarity
     ``s(d) = clamp(1 - d / margin, 0, 1)`` for the Euclidean distance ``d`` between two embeddings
@@ -49,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mssn_monai.keys import PatchClass
+
 __all__ = [
     "NUM_CLASSES",
     "MITOSIS_CLASS",
@@ -61,10 +61,10 @@ __all__ = [
     "fit_calibration",
 ]
 
-NUM_CLASSES: Final[int] = 3
+NUM_CLASSES: Final[int] = len(PatchClass)
 """Classes of the reference bank: 0 background, 1 mitosis, 2 hard mimic (``PatchClass`` values)."""
 
-MITOSIS_CLASS: Final[int] = 1
+MITOSIS_CLASS: Final[int] = int(PatchClass.MITOSIS)
 """The class whose similarity is ``C_ij1``; the other classes make up ``C_ij0``."""
 
 DEFAULT_CALIBRATION: Final[tuple[float, float]] = (4.0, 0.0)

@@ -11,6 +11,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from mssn_monai.io import read_image_rgb
+from mssn_monai.ops.intensity import hwc_to_chw_float
 
 __all__ = ["LoadRGB", "LoadRGBd"]
 
@@ -23,7 +24,7 @@ class LoadRGB(Transform):
 
     def __call__(self, path: str) -> torch.Tensor:
         image = read_image_rgb(path)
-        return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0).contiguous()
+        return hwc_to_chw_float(image)
 
 
 class LoadRGBd(MapTransform):
