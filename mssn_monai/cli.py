@@ -119,13 +119,9 @@ def baseline(input: str, out: str, spacing: float | None = None) -> None:  # noq
         spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
     """
     from mssn_monai.baseline import detect_baseline
-    from mssn_monai.io import write_detections_csv
 
     spacing = _spacing(spacing)
-    n = 0
-    for stem, image in _each_image(input, out, "baseline"):
-        write_detections_csv(stem.parent / f"{stem.name}.csv", detect_baseline(image, spacing))
-        n += 1
+    n = _write_point_csvs(input, out, "baseline", lambda image: detect_baseline(image, spacing))
     print(f"wrote detections for {n} images to {out}")
 
 
@@ -155,7 +151,6 @@ def candidates(
         device: ``cpu`` or ``cuda`` (default: cuda when available).
     """
     from mssn_monai.checkpoints import load_detector
-    from mssn_monai.io import write_detections_csv
 
     spacing = _spacing(spacing)
     fields = load_detector(bundle, _device(device))
@@ -163,10 +158,7 @@ def candidates(
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold!r}")
         fields.detector.candidate_threshold = float(threshold)
-    n = 0
-    for stem, image in _each_image(input, out, "candidates"):
-        write_detections_csv(stem.parent / f"{stem.name}.csv", fields.candidates(image, spacing))
-        n += 1
+    n = _write_point_csvs(input, out, "candidates", lambda image: fields.candidates(image, spacing))
     print(f"wrote stage-1 candidates (threshold {fields.detector.candidate_threshold}) for {n} images to {out}")
 
 
@@ -350,6 +342,17 @@ def _each_image(input: str, out: str, desc: str) -> Iterator[tuple[Path, Any]]: 
         n += 1
     if n == 0:
         raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
+
+
+def _write_point_csvs(input: str, out: str, desc: str, points_of: Any) -> int:  # noqa: A002
+    """Write ``out/<stem>.csv`` rows ``x,y,score`` = ``points_of(image)`` for every image; returns how many."""
+    from mssn_monai.io import write_detections_csv
+
+    n = 0
+    for stem, image in _each_image(input, out, desc):
+        write_detections_csv(stem.parent / f"{stem.name}.csv", points_of(image))
+        n += 1
+    return n
 
 
 def _parse_size(size: tuple[int, int] | list[int] | str | int) -> tuple[int, int]:

@@ -19,6 +19,7 @@ from monai.utils import look_up_option
 
 from mssn_monai.constants import MATCH_RADIUS_UM
 from mssn_monai.io import image_size
+from mssn_monai.keys import DatalistKeys
 from mssn_monai.metrics import (
     best_threshold,
     count_per_mm2,
@@ -149,7 +150,7 @@ def evaluate_predictions(
 
     stems: dict[str, str] = {}
     for rec in records:
-        image = str(rec["image"])
+        image = str(rec[DatalistKeys.IMAGE])
         stem = Path(image).stem
         if stem in stems:
             raise ValueError(f"images {stems[stem]} and {image} share the stem {stem!r}; predictions are keyed by stem")
@@ -175,13 +176,13 @@ def evaluate_predictions(
 
     gts, dets, radii, per_image = [], [], [], []
     for rec in records:
-        image = str(rec["image"])
+        image = str(rec[DatalistKeys.IMAGE])
         stem = Path(image).stem
         if "mitoses" not in rec:
             raise ValueError(f"{image}: datalist record has no 'mitoses' list")
-        gt = _points(rec["mitoses"], f"{image}: 'mitoses'")
+        gt = _points(rec[DatalistKeys.MITOSES], f"{image}: '{DatalistKeys.MITOSES}'")
         det = _detections(predictions.get(stem, []), f"{pred_name}: {stem}")
-        spacing = rec.get("spacing")
+        spacing = rec.get(DatalistKeys.SPACING)
         if spacing is None or isinstance(spacing, bool) or not math.isfinite(float(spacing)) or float(spacing) <= 0:
             raise ValueError(f"{image}: 'spacing' must be a positive number of um/px, got {spacing!r}")
         spacing = float(spacing)

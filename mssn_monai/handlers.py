@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
+from monai.utils import CommonKeys
 
 from mssn_monai.constants import MATCH_RADIUS_UM
 from mssn_monai.io import read_image_rgb
-from mssn_monai.keys import DatalistKeys, DetectionKeys
+from mssn_monai.keys import DatalistKeys, DetectionKeys, PatchKeys
 from mssn_monai.networks.detector import FieldDetector
 from mssn_monai.ops.matching import match_points
 
@@ -41,7 +42,8 @@ logger = logging.getLogger(__name__)
 
 
 def _pred_label(output: dict[str, Any]) -> tuple[Any, Any]:
-    return output["pred"], output["label"]
+    """An evaluator's ``(prediction, label)`` (MONAI's ``CommonKeys``)."""
+    return output[CommonKeys.PRED], output[CommonKeys.LABEL]
 
 
 class _CandidateStats(Metric):
@@ -240,10 +242,6 @@ class HardNegativeMiner:
         return added
 
 
-def _classes_only(output: dict[str, Any]) -> tuple[Any, Any]:
-    return output["pred"], output["label"]
-
-
 class NearestReferenceAccuracy(Metric):
     """Accuracy of the nearest-reference class, for one class or all, on held-out patches (stage 2).
 
@@ -253,7 +251,7 @@ class NearestReferenceAccuracy(Metric):
     """
 
     def __init__(
-        self, class_index: int | None = None, output_transform: Callable = _classes_only, device: str = "cpu"
+        self, class_index: int | None = None, output_transform: Callable = _pred_label, device: str = "cpu"
     ) -> None:
         self.class_index = class_index
         super().__init__(output_transform=output_transform, device=device)
@@ -329,8 +327,8 @@ class ReferenceBankRefresh:
         try:
             with torch.inference_mode():
                 for batch in loader:
-                    embeddings.append(self.network(batch["image"].to(device)))
-                    classes.append(torch.as_tensor(batch["class"]).reshape(-1))
+                    embeddings.append(self.network(batch[PatchKeys.IMAGE].to(device)))
+                    classes.append(torch.as_tensor(batch[PatchKeys.CLASS]).reshape(-1))
         finally:
             self.network.train(was_training)
         self.network.build_references(torch.cat(embeddings), torch.cat(classes).to(device), self.per_class)
