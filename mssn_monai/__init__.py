@@ -4,9 +4,8 @@ Coordinates everywhere are ``(x, y)`` = (column, row) in level-0 pixels; distanc
 clinically are in micrometres and converted once with each image's ``spacing`` (um/px).
 """
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
-DEFAULT_SPACING_UM = 0.2456
-"""Pixel spacing in um/px assumed when none is given (40x Aperio, ICPR 2012)."""
+from mssn_monai.constants import DEFAULT_SPACING_UM
 
 __all__ = ["__version__", "DEFAULT_SPACING_UM"]

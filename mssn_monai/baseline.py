@@ -18,15 +18,13 @@ pyknotic nuclei. Its precision on the synthetic benchmark is what the learned st
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 from scipy import ndimage
 
-from mssn_monai import DEFAULT_SPACING_UM
-from mssn_monai.io import detect_each_image
+from mssn_monai.constants import DEFAULT_SPACING_UM
 
-__all__ = ["hematoxylin_density", "detect_baseline", "run_baseline"]
+__all__ = ["hematoxylin_density", "detect_baseline"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,21 +106,3 @@ def _suppress(det: np.ndarray, min_dist: float) -> np.ndarray:
         if all(np.hypot(*(det[i, :2] - det[j, :2])) >= min_dist for j in kept):
             kept.append(i)
     return det[kept].reshape(-1, 3)
-
-
-def run_baseline(
-    input: str | os.PathLike,  # noqa: A002
-    out: str | os.PathLike,
-    spacing: float | None = None,
-    **kwargs,
-) -> int:
-    """Run :func:`detect_baseline` on every image under ``input`` and write ``out/<stem>.csv``.
-
-    An image that cannot be read is reported (one line naming it) and skipped; the others are still
-    processed. Raises ``ValueError`` when no image could be processed.
-
-    Returns:
-        the number of images written.
-    """
-    spacing = DEFAULT_SPACING_UM if spacing is None else float(spacing)
-    return detect_each_image(input, out, lambda image: detect_baseline(image, spacing, **kwargs), desc="baseline")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mssn_monai.constants import MODEL_FILE
+
 __all__ = [
     "DEFAULT_BUNDLE",
     "bundle_config",
@@ -17,6 +19,7 @@ __all__ = [
     "save_state_dict",
     "latest_checkpoint",
     "stain_normalizer",
+    "load_detector",
 ]
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
@@ -72,7 +75,7 @@ def load_state_dict(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Mod
 def load_network(
     checkpoint: str | os.PathLike,
     config_file: str | os.PathLike,
-    network_id: str = "fnr_def",
+    network_id: str = "network_def",
     device: str | torch.device = "cpu",
 ) -> nn.Module:
     """Instantiate ``network_id`` from a bundle config, load ``checkpoint``; channels-last on ``device``, eval mode."""
@@ -127,3 +130,31 @@ def stain_normalizer(parser: Any) -> Any:
     if not parser.get("normalize_stain", False) or "stain_normalization" not in parser:
         return None
     return parser.get_parsed_content("stain_normalization", instantiate=True)
+
+
+def load_detector(
+    bundle: str | os.PathLike | None = None, device: str | torch.device = "cpu", normalize: bool = True
+) -> Any:
+    """The bundle's detector as a :class:`~mssn_monai.networks.detector.FieldDetector`.
+
+    ``models/model.pt`` loaded into ``network_def`` of ``configs/inference.json``, with that config's
+    stain normalisation: the same detector and preprocessing as the bundle's inference workflow.
+
+    Args:
+        bundle: the bundle folder (default: this checkout's ``bundle``).
+        device: where to run.
+        normalize: use the bundle's stain normalisation when its config enables it.
+
+    Raises:
+        FileNotFoundError: missing config or weights.
+        ValueError: weights that do not match the network, or a stage 2 without a reference bank.
+    """
+    from mssn_monai.networks.detector import FieldDetector
+
+    root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
+    config = root / "configs" / "inference.json"
+    weights = root / "models" / MODEL_FILE
+    detector = load_network(weights, config, "network_def", device)
+    if detector.fpr.references.shape[0] == 0:
+        raise ValueError(f"{weights}: stage 2 has no reference bank (untrained FPR); train with configs/train.json")
+    return FieldDetector(detector, stain_normalizer(bundle_config(config)) if normalize else None)

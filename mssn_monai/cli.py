@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from mssn_monai.constants import APERIO_SPACING_UM, DEFAULT_SPACING_UM, MATCH_RADIUS_UM
 
 __all__ = ["synth", "prepare", "baseline", "candidates", "detect", "evaluate", "demo", "main"]
 
@@ -21,7 +25,7 @@ def synth(
     n_images: int = 8,
     size: tuple[int, int] = (1024, 1024),
     seed: int = 0,
-    spacing: float = 0.2455,
+    spacing: float = APERIO_SPACING_UM,
     frames_per_slide: int = 4,
     style: str = "default",
 ) -> None:
@@ -112,57 +116,50 @@ def baseline(input: str, out: str, spacing: float | None = None) -> None:  # noq
     Args:
         input: an image file or a folder of images (searched recursively).
         out: folder for ``<image stem>.csv`` rows ``x,y,score``.
-        spacing: pixel spacing in um/px (default 0.2456).
+        spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
     """
-    from mssn_monai.baseline import run_baseline
+    from mssn_monai.baseline import detect_baseline
 
-    n = run_baseline(input, out, spacing=spacing)
+    spacing = _spacing(spacing)
+    n = _write_point_csvs(input, out, "baseline", lambda image: detect_baseline(image, spacing))
     print(f"wrote detections for {n} images to {out}")
 
 
 def candidates(
     input: str,  # noqa: A002
     out: str,
-    checkpoint: str | None = None,
+    bundle: str | None = None,
     spacing: float | None = None,
     threshold: float | None = None,
-    min_distance_um: float | None = None,
-    config: str | None = None,
     device: str | None = None,
 ) -> None:
     """Stage 1 alone: write the FNR candidates of every image as ``OUT/<image stem>.csv`` (``x,y,score``).
 
+    The same detector, weights and stain normalisation as ``detect`` (and as hard-negative mining at
+    training time): ``MSSNDetector.candidates`` of the bundle's ``models/model.pt``.
+
     Typical usage::
 
-        python -m mssn_monai candidates --input data/synth --out runs/candidates --checkpoint bundle/models/fnr.pt
+        python -m mssn_monai candidates --input data/synth --out runs/candidates
 
     Args:
         input: an image file or a folder of images (searched recursively).
         out: output folder.
-        checkpoint: stage-1 weights (default ``bundle/models/fnr.pt``).
-        spacing: pixel spacing in um/px (default 0.2456).
-        threshold: candidate probability threshold (default: the config's ``candidate_threshold``).
-        min_distance_um: minimum distance between candidates (default: the config's ``min_distance_um``).
-        config: bundle config that defines ``fnr_def`` (default ``bundle/configs/train.json``).
+        bundle: the bundle folder (default: this checkout's ``bundle``).
+        spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
+        threshold: candidate probability threshold (default: the bundle's ``candidate_threshold``, 0.5).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
     """
-    import torch
+    from mssn_monai.checkpoints import load_detector
 
-    from mssn_monai import DEFAULT_SPACING_UM
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network
-    from mssn_monai.inference import run_candidates
-
-    config = config or str(DEFAULT_BUNDLE / "configs" / "train.json")
-    checkpoint = checkpoint or str(DEFAULT_BUNDLE / "models" / "fnr.pt")
-    parser = bundle_config(config)
-    threshold = float(parser.get("candidate_threshold", 0.5) if threshold is None else threshold)
-    min_distance_um = float(parser.get("min_distance_um", 4.0) if min_distance_um is None else min_distance_um)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    network = load_network(checkpoint, config, "fnr_def", device)
-    n = run_candidates(
-        network, input, out, DEFAULT_SPACING_UM if spacing is None else float(spacing), threshold, min_distance_um
-    )
-    print(f"wrote stage-1 candidates (threshold {threshold}) for {n} images to {out}")
+    spacing = _spacing(spacing)
+    fields = load_detector(bundle, _device(device))
+    if threshold is not None:
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"--threshold must be in [0, 1], got {threshold!r}")
+        fields.detector.candidate_threshold = float(threshold)
+    n = _write_point_csvs(input, out, "candidates", lambda image: fields.candidates(image, spacing))
+    print(f"wrote stage-1 candidates (threshold {fields.detector.candidate_threshold}) for {n} images to {out}")
 
 
 def detect(
@@ -186,28 +183,19 @@ def detect(
         out: output folder.
         bundle: the bundle folder holding ``configs/inference.json`` and ``models/model.pt``
             (default: this checkout's ``bundle``); the same detector as the bundle's inference workflow.
-        spacing: pixel spacing in um/px (default 0.2456).
+        spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
         overlay: also write ``<stem>_overlay.png`` with the detections drawn.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
     """
-    import torch
+    from mssn_monai.checkpoints import load_detector
+    from mssn_monai.outputs import write_detection_outputs
 
-    from mssn_monai import DEFAULT_SPACING_UM
-    from mssn_monai.inference import TwoStageDetector, write_detection_outputs
-    from mssn_monai.io import for_each_image
-
-    spacing = DEFAULT_SPACING_UM if spacing is None else float(spacing)
-    if spacing <= 0:
-        raise ValueError(f"--spacing must be > 0 um/px, got {spacing!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    detector = TwoStageDetector.from_bundle(bundle, device)
+    spacing = _spacing(spacing)
+    fields = load_detector(bundle, _device(device))
     counts: list[tuple[str, int, float]] = []
-
-    def process(stem: Path, image) -> None:
-        summary = write_detection_outputs(stem, image, detector(image, spacing), spacing, detector.settings, overlay)
+    for stem, image in _each_image(input, out, "detect"):
+        summary = write_detection_outputs(stem, image, fields(image, spacing), spacing, fields.settings, overlay)
         counts.append((stem.name, summary["count"], summary["mitoses_per_mm2"]))
-
-    for_each_image(input, out, process, desc="detect")
     for name, count, density in counts:
         print(f"{name}: {count} mitoses ({density:.1f} per mm^2)")
     print(f"wrote CSV, GeoJSON and JSON for {len(counts)} images to {out}")
@@ -217,7 +205,7 @@ def evaluate(
     datalist: str,
     pred: str,
     section: str = "testing",
-    radius_um: float = 8.0,
+    radius_um: float = MATCH_RADIUS_UM,
     matching: str = "optimal",
     threshold: float | None = None,
     sweep: bool = False,
@@ -239,7 +227,7 @@ def evaluate(
         sweep: also report precision/recall/F1 over thresholds and the best threshold.
         out: write the report as JSON here.
     """
-    from mssn_monai.metrics import evaluate_predictions, format_report
+    from mssn_monai.evaluation import evaluate_predictions, format_report
 
     report = evaluate_predictions(
         datalist,
@@ -276,28 +264,26 @@ def demo(out: str = "demo_out", samples: str | None = None, section: str = "test
             that were not used for training).
         section: the datalist section to run on.
     """
-    from mssn_monai import DEFAULT_SPACING_UM
     from mssn_monai.baseline import detect_baseline
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_detector
     from mssn_monai.data.datalist import load_datalist
-    from mssn_monai.inference import TwoStageDetector, write_detection_outputs
+    from mssn_monai.evaluation import evaluate_predictions, format_report
     from mssn_monai.io import read_image_rgb, write_detections_csv, write_json
-    from mssn_monai.metrics import evaluate_predictions, format_report
+    from mssn_monai.keys import DatalistKeys
+    from mssn_monai.outputs import write_detection_outputs
 
     root = Path(out)
     datalist = Path(samples) if samples is not None else DEFAULT_BUNDLE / "samples" / "datalist.json"
     records = load_datalist(datalist, section)
-    detector = TwoStageDetector.from_bundle()
+    fields = load_detector()
     print(f"MSSN two-stage detector (weights trained on synthetic data only) on {len(records)} fields of {datalist}:")
     for rec in records:
-        stem = Path(rec["image"]).stem
-        spacing = float(rec.get("spacing", DEFAULT_SPACING_UM))
-        image = read_image_rgb(rec["image"])
-        summary = write_detection_outputs(
-            root / "mssn" / stem, image, detector(image, spacing), spacing, detector.settings
-        )
+        stem = Path(rec[DatalistKeys.IMAGE]).stem
+        spacing = float(rec.get(DatalistKeys.SPACING, DEFAULT_SPACING_UM))
+        image = read_image_rgb(rec[DatalistKeys.IMAGE])
+        summary = write_detection_outputs(root / "mssn" / stem, image, fields(image, spacing), spacing, fields.settings)
         write_detections_csv(root / "baseline" / f"{stem}.csv", detect_baseline(image, spacing))
-        print(f"  {stem}: {summary['count']} detected, {len(rec.get('mitoses', []))} annotated")
+        print(f"  {stem}: {summary['count']} detected, {len(rec.get(DatalistKeys.MITOSES, []))} annotated")
     report = evaluate_predictions(datalist, root / "mssn", section=section)
     print(format_report(report))
     base = evaluate_predictions(datalist, root / "baseline", section=section)["overall"]
@@ -307,6 +293,66 @@ def demo(out: str = "demo_out", samples: str | None = None, section: str = "test
     )
     write_json(root / "metrics.json", {"mssn": report, "baseline": base})
     print(f"wrote {root / 'metrics.json'}")
+
+
+def _spacing(spacing: float | None) -> float:
+    """``--spacing`` (default :data:`DEFAULT_SPACING_UM`), checked: finite and > 0 um/px."""
+    import math
+
+    value = DEFAULT_SPACING_UM if spacing is None else float(spacing)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"--spacing must be a finite number > 0 um/px, got {spacing!r}")
+    return value
+
+
+def _device(device: str | None) -> Any:
+    """``--device`` (default: cuda when available, else cpu), checked against what this torch can use."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"--device: {device!r} is not a device (use cpu or cuda)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this torch build or machine has no CUDA device; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device: {device!r} is not supported (use cpu or cuda)")
+    return dev
+
+
+def _each_image(input: str, out: str, desc: str) -> Iterator[tuple[Path, Any]]:  # noqa: A002
+    """``(out / <stem>, (H, W, 3) uint8)`` for every readable image under ``input``.
+
+    Refuses, before anything is written, inputs whose outputs would collide; skips (naming it) an image
+    that cannot be read; raises ``ValueError`` when none could be.
+    """
+    from mssn_monai.io import iter_images, list_images
+    from mssn_monai.outputs import output_stems
+
+    files = list_images(input)
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"{out_dir}: exists and is not a directory")
+    stems = dict(zip(files, output_stems(files, out_dir), strict=True))
+    n = 0
+    for path, image in iter_images(files, desc=desc):
+        yield stems[path], image
+        n += 1
+    if n == 0:
+        raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
+
+
+def _write_point_csvs(input: str, out: str, desc: str, points_of: Any) -> int:  # noqa: A002
+    """Write ``out/<stem>.csv`` rows ``x,y,score`` = ``points_of(image)`` for every image; returns how many."""
+    from mssn_monai.io import write_detections_csv
+
+    n = 0
+    for stem, image in _each_image(input, out, desc):
+        write_detections_csv(stem.parent / f"{stem.name}.csv", points_of(image))
+        n += 1
+    return n
 
 
 def _parse_size(size: tuple[int, int] | list[int] | str | int) -> tuple[int, int]:
@@ -347,7 +393,7 @@ ARG_LIMITS = {
         "spacing": "(0, inf)",
     },
     "baseline": {"spacing": "(0, inf)"},
-    "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]", "min_distance_um": "[0, inf)"},
+    "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]"},
     "detect": {"spacing": "(0, inf)"},
     "evaluate": {"radius_um": "(0, inf)", "matching": ("optimal", "greedy")},
 }

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mssn_monai.keys import DatalistKeys, PatchKeys
+
 __all__ = ["PrepareBatchPoints", "PrepareBatchClass"]
 
 
@@ -23,16 +25,19 @@ class PrepareBatchPoints:
     def __call__(
         self, batchdata: dict[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **kwargs
     ) -> tuple[torch.Tensor, list[dict[str, Any]], tuple, dict[str, Any]]:
-        for key in ("image", "mitoses", "spacing"):
+        for key in (DatalistKeys.IMAGE, DatalistKeys.MITOSES, DatalistKeys.SPACING):
             if key not in batchdata:
                 raise KeyError(f"batch has no {key!r} (keys: {sorted(batchdata)}); load records with LoadRGBd")
-        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
-        spacing = [float(s) for s in torch.as_tensor(batchdata["spacing"]).reshape(-1)]
-        mitoses = batchdata["mitoses"]
+        image = batchdata[DatalistKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
+        spacing = [float(s) for s in torch.as_tensor(batchdata[DatalistKeys.SPACING]).reshape(-1)]
+        mitoses = batchdata[DatalistKeys.MITOSES]
         if isinstance(mitoses, torch.Tensor) and mitoses.ndim == 3:
             mitoses = list(mitoses)
         targets = [
-            {"mitoses": np.asarray(torch.as_tensor(m).cpu(), dtype=np.float64).reshape(-1, 2), "spacing": s}
+            {
+                DatalistKeys.MITOSES: np.asarray(torch.as_tensor(m).cpu(), dtype=np.float64).reshape(-1, 2),
+                DatalistKeys.SPACING: s,
+            }
             for m, s in zip(mitoses, spacing, strict=True)
         ]
         return image, targets, (), {"spacing": spacing}
@@ -45,7 +50,7 @@ class PrepareBatchClass:
     1 mitosis, 2 mimic), not the binary ``label`` that stage 1 trains on.
     """
 
-    def __init__(self, class_key: str = "class") -> None:
+    def __init__(self, class_key: str = PatchKeys.CLASS) -> None:
         self.class_key = class_key
 
     def __call__(
@@ -53,6 +58,6 @@ class PrepareBatchClass:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.class_key not in batchdata:
             raise KeyError(f"batch has no {self.class_key!r} (keys: {sorted(batchdata)})")
-        image = batchdata["image"].to(device=device, non_blocking=non_blocking, **kwargs)
+        image = batchdata[PatchKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
         classes = torch.as_tensor(batchdata[self.class_key]).reshape(-1).long().to(device=device)
         return image, classes

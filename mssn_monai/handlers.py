@@ -1,4 +1,10 @@
-"""Ignite handlers and metrics for MSSN training: candidate recall, epoch-seeded sampling, hard negatives."""
+"""Ignite handlers and metrics for MSSN training: candidate recall, epoch-seeded sampling, hard negatives,
+the reference bank, and fitting the detector's operating point.
+
+Every handler that runs the detector calls :class:`~mssn_monai.networks.detector.FieldDetector` (the
+numpy face of ``MSSNDetector``), the code ``detect`` ships; a handler that changes the model says so
+in its name (:class:`FitOperatingPoint`, :class:`ReferenceBankRefresh`).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,12 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
+from monai.utils import CommonKeys
 
-from mssn_monai.networks.fnr import FUSED_KEY
+from mssn_monai.constants import MATCH_RADIUS_UM
+from mssn_monai.io import read_image_rgb
+from mssn_monai.keys import DatalistKeys, DetectionKeys, PatchKeys
+from mssn_monai.networks.detector import FieldDetector
 from mssn_monai.ops.matching import match_points
 
 __all__ = [
@@ -23,7 +33,8 @@ __all__ = [
     "false_positive_points",
     "NearestReferenceAccuracy",
     "ReferenceBankRefresh",
-    "TwoStageValidation",
+    "FitOperatingPoint",
+    "SaveWeights",
     "gap_midpoint",
 ]
 
@@ -31,28 +42,27 @@ logger = logging.getLogger(__name__)
 
 
 def _pred_label(output: dict[str, Any]) -> tuple[Any, Any]:
-    return output["pred"], output["label"]
+    """An evaluator's ``(prediction, label)`` (MONAI's ``CommonKeys``)."""
+    return output[CommonKeys.PRED], output[CommonKeys.LABEL]
 
 
 class _CandidateStats(Metric):
-    """Accumulates, over validation images, how many mitoses the candidates of one map hit.
+    """Accumulates, over validation images, how many mitoses the stage-1 candidates hit.
 
-    ``update((pred, label))``: ``pred`` is a list of ``{key: (N, 3) x, y, score}`` per image (the
-    ``DenseCandidateInferer`` output), ``label`` a list of ``{"mitoses": (M, 2), "spacing": um/px}``
+    ``update((pred, label))``: ``pred`` is a list of ``(N, 3)`` candidates ``x, y, score`` per image (the
+    ``CandidateInferer`` output), ``label`` a list of ``{"mitoses": (M, 2), "spacing": um/px}``
     (``PrepareBatchPoints``). A mitosis is hit when a candidate lies within ``radius_um``; one-to-one.
     """
 
     def __init__(
         self,
-        radius_um: float = 8.0,
-        key: str = FUSED_KEY,
+        radius_um: float = MATCH_RADIUS_UM,
         output_transform: Callable = _pred_label,
         device: str | torch.device = "cpu",
     ) -> None:
         if radius_um <= 0:
             raise ValueError(f"radius_um must be > 0, got {radius_um!r}")
         self.radius_um = float(radius_um)
-        self.key = key
         super().__init__(output_transform=output_transform, device=device)
 
     def reset(self) -> None:
@@ -61,9 +71,9 @@ class _CandidateStats(Metric):
     def update(self, output: Sequence[Any]) -> None:
         preds, labels = output
         for pred, label in zip(preds, labels, strict=True):
-            cand = np.asarray(torch.as_tensor(pred[self.key]).cpu(), dtype=np.float64).reshape(-1, 3)
-            gt = np.asarray(label["mitoses"], dtype=np.float64).reshape(-1, 2)
-            match = match_points(gt, cand[:, :2], self.radius_um / float(label["spacing"]))
+            cand = np.asarray(torch.as_tensor(pred).cpu(), dtype=np.float64).reshape(-1, 3)
+            gt = np.asarray(label[DatalistKeys.MITOSES], dtype=np.float64).reshape(-1, 2)
+            match = match_points(gt, cand[:, :2], self.radius_um / float(label[DatalistKeys.SPACING]))
             self._tp += len(match.gt_idx)
             self._gt += len(gt)
             self._cand += len(cand)
@@ -119,66 +129,79 @@ def false_positive_points(
 
 
 class HardNegativeMiner:
-    """After the first round of training, add the FNR's false positives on training images as hard negatives.
+    """Add the detector's stage-1 false positives on the training fields to datasets as hard negatives.
 
-    At the end of epoch ``start_epoch`` (and every ``interval`` epochs after it, when ``interval > 0``),
-    runs the network densely over every training image of ``dataset``, takes the fused candidates
-    above ``threshold`` that lie farther than ``exclusion_um`` from every mitosis, and passes up to
-    ``max_per_image`` of them (highest probability first) to ``dataset.add_hard_negatives``. The
-    network is run in eval mode and put back in the mode it had.
+    Runs :meth:`FieldDetector.candidates` (the ``candidates`` command's code: same normaliser, same
+    peaks) on every training image of the first dataset, keeps the candidates farther than
+    ``exclusion_um`` from every mitosis, and passes up to ``max_per_image`` of them (highest probability
+    first) to ``add_hard_negatives`` of every dataset in ``datasets``.
+
+    When it runs:
+
+    - ``event="EPOCH_COMPLETED"`` (stage 1): at the end of epoch ``start_epoch``, and every ``interval``
+      epochs after it when ``interval > 0``;
+    - ``event="STARTED"`` (stage 2): once, when the stage's trainer starts, unless that trainer resumed
+      from a checkpoint (its epoch is then > 0 and the checkpoint restored the datasets' hard negatives:
+      attach :class:`~monai.handlers.CheckpointLoader` before this handler).
 
     Under a ``torch.distributed`` process group (``multi_gpu_train.json``) every rank must call it at
-    the same time: the network first takes rank 0's parameters and buffers, each rank mines every
+    the same time: the detector first takes rank 0's parameters and buffers, each rank mines every
     ``world_size``-th image, and every rank adds all ranks' points in image order, so every rank's
-    dataset ends up with the hard negatives one process would have added.
+    datasets end up with the hard negatives one process would have added.
 
     Args:
-        dataset: a ``PatchSampleDataset`` (needs ``data`` records, ``image(i)`` and ``add_hard_negatives``).
-        network: the ``MultiScaleFNR`` being trained.
-        start_epoch: first mining epoch (1-based, at its end).
+        detector: the ``MSSNDetector`` being trained (its stage 1 is used).
+        datasets: ``PatchSampleDataset``s to add to; the first one's records are mined.
+        normalizer: the detector's stain normaliser (the bundle's ``field_normalization``), or ``None``.
+        event: ``"EPOCH_COMPLETED"`` or ``"STARTED"`` (see above).
+        start_epoch: first mining epoch (1-based, at its end) for ``EPOCH_COMPLETED``.
         interval: mine again every ``interval`` epochs after ``start_epoch``; 0 = once.
-        threshold: probability above which a candidate counts.
         exclusion_um: a candidate within this distance of a mitosis is not a false positive.
-        min_distance_um: minimum distance between candidates (local-maximum suppression).
         max_per_image: cap on mined points per image and round.
     """
 
     def __init__(
         self,
-        dataset: Any,
-        network: torch.nn.Module,
+        detector: torch.nn.Module,
+        datasets: Any,
+        normalizer: Any = None,
+        event: str = "EPOCH_COMPLETED",
         start_epoch: int = 1,
         interval: int = 0,
-        threshold: float = 0.5,
-        exclusion_um: float = 8.0,
-        min_distance_um: float = 4.0,
+        exclusion_um: float = MATCH_RADIUS_UM,
         max_per_image: int = 50,
     ) -> None:
-        for attr in ("data", "image", "add_hard_negatives"):
-            if not hasattr(dataset, attr):
-                raise TypeError(
-                    f"{type(dataset).__name__} has no {attr!r}; HardNegativeMiner needs a PatchSampleDataset"
-                )
+        self.datasets = list(datasets) if isinstance(datasets, (list, tuple)) else [datasets]
+        for dataset in self.datasets:
+            for attr in ("data", "add_hard_negatives"):
+                if not hasattr(dataset, attr):
+                    raise TypeError(
+                        f"{type(dataset).__name__} has no {attr!r}; HardNegativeMiner needs PatchSampleDatasets"
+                    )
+        if not callable(getattr(detector, "candidates", None)):
+            raise TypeError(f"{type(detector).__name__} has no candidates(); HardNegativeMiner needs an MSSNDetector")
         if start_epoch < 1 or interval < 0 or max_per_image < 1:
             raise ValueError(
                 "need start_epoch >= 1, interval >= 0, max_per_image >= 1; "
                 f"got {start_epoch}, {interval}, {max_per_image}"
             )
-        self.dataset = dataset
-        self.network = network
+        self.event = Events[event.upper()]
+        if self.event not in (Events.EPOCH_COMPLETED, Events.STARTED):
+            raise ValueError(f"event must be EPOCH_COMPLETED or STARTED, got {event!r}")
+        self.fields = FieldDetector(detector, normalizer)
         self.start_epoch = int(start_epoch)
         self.interval = int(interval)
-        self.threshold = float(threshold)
         self.exclusion_um = float(exclusion_um)
-        self.min_distance_um = float(min_distance_um)
         self.max_per_image = int(max_per_image)
         self.rounds = 0
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+        engine.add_event_handler(self.event, self)
 
     def due(self, epoch: int) -> bool:
-        """Whether mining runs at the end of ``epoch``."""
+        """Whether mining runs now, the engine being at ``epoch`` (completed, or the resumed one at start)."""
+        if self.event == Events.STARTED:
+            return epoch == 0
         if epoch < self.start_epoch:
             return False
         if epoch == self.start_epoch:
@@ -186,41 +209,37 @@ class HardNegativeMiner:
         return self.interval > 0 and (epoch - self.start_epoch) % self.interval == 0
 
     def __call__(self, engine: Engine) -> None:
-        if not self.due(engine.state.epoch):
-            return
-        self.mine()
+        if self.due(engine.state.epoch):
+            self.mine()
 
     def mine(self) -> int:
-        """Run one mining round now; returns the number of points added."""
+        """Run one mining round now; returns the number of new points added to the first dataset."""
         from tqdm import tqdm
 
         from mssn_monai.distributed import all_gather_objects, broadcast_module_state, get_rank, get_world_size
-        from mssn_monai.inference import fnr_candidates
 
         rank, world_size = get_rank(), get_world_size()
-        broadcast_module_state(self.network)  # no-op in one process; else every rank mines with rank 0's weights
-        records = self.dataset.data
+        broadcast_module_state(self.fields.detector)  # no-op in one process; else every rank uses rank 0's weights
+        records = self.datasets[0].data
         found = {}
         mine_here = range(rank, len(records), world_size)
         for i in tqdm(mine_here, desc="hard-negative mining", unit="image", leave=False, disable=rank > 0):
             rec = records[i]
-            spacing = float(rec["spacing"])
-            cand = fnr_candidates(self.network, self.dataset.image(i), spacing, self.threshold, self.min_distance_um)
+            spacing = float(rec[DatalistKeys.SPACING])
+            cand = self.fields.candidates(read_image_rgb(rec[DatalistKeys.IMAGE]), spacing)
             found[i] = false_positive_points(
-                cand, rec.get("mitoses", []), self.exclusion_um / spacing, self.max_per_image
+                cand, rec.get(DatalistKeys.MITOSES, []), self.exclusion_um / spacing, self.max_per_image
             )
         for part in all_gather_objects(found):  # every rank's images; just [found] in one process
             found.update(part)
         added = 0
-        for i in range(len(records)):  # image order on every rank, so every rank's dataset gets the same points
-            added += int(self.dataset.add_hard_negatives(i, found[i]))  # returns how many were new
+        for d, dataset in enumerate(self.datasets):
+            for i in range(len(records)):  # image order on every rank, so every rank's datasets get the same points
+                n = int(dataset.add_hard_negatives(i, found[i]))  # returns how many were new
+                added += n if d == 0 else 0
         self.rounds += 1
         logger.info("hard-negative mining round %d: %d new points over %d images", self.rounds, added, len(records))
         return added
-
-
-def _classes_only(output: dict[str, Any]) -> tuple[Any, Any]:
-    return output["pred"], output["label"]
 
 
 class NearestReferenceAccuracy(Metric):
@@ -232,7 +251,7 @@ class NearestReferenceAccuracy(Metric):
     """
 
     def __init__(
-        self, class_index: int | None = None, output_transform: Callable = _classes_only, device: str = "cpu"
+        self, class_index: int | None = None, output_transform: Callable = _pred_label, device: str = "cpu"
     ) -> None:
         self.class_index = class_index
         super().__init__(output_transform=output_transform, device=device)
@@ -308,8 +327,8 @@ class ReferenceBankRefresh:
         try:
             with torch.inference_mode():
                 for batch in loader:
-                    embeddings.append(self.network(batch["image"].to(device)))
-                    classes.append(torch.as_tensor(batch["class"]).reshape(-1))
+                    embeddings.append(self.network(batch[PatchKeys.IMAGE].to(device)))
+                    classes.append(torch.as_tensor(batch[PatchKeys.CLASS]).reshape(-1))
         finally:
             self.network.train(was_training)
         self.network.build_references(torch.cat(embeddings), torch.cat(classes).to(device), self.per_class)
@@ -338,52 +357,44 @@ def gap_midpoint(scores: np.ndarray, threshold: float) -> float:
     return (float(threshold) + (float(below.max()) if below.size else 0.0)) / 2.0
 
 
-class TwoStageValidation:
-    """Detection after both stages on held-out fields; also fits the score calibration there.
+class FitOperatingPoint:
+    """Fit the detector's score calibration and operating threshold on held-out fields (changes the model).
 
-    When it runs (at the end of training by default), it rebuilds the reference bank, runs the FNR
-    candidates and the FPR vote on every record, fits ``p = sigmoid(a * votes + b)`` by Platt scaling
-    on the candidates (label 1 = matched to a mitosis within ``radius_um``), then picks the operating
-    threshold: among the candidates the vote keeps, the lowest calibrated probability that maximises
-    F1 on these fields (micro, ``mssn_monai.metrics``), moved down to the middle of the gap between it
-    and the next lower probability (:func:`gap_midpoint`; the largest margin on these fields, so a
-    true mitosis scored a little lower on new fields still passes). Calibration and threshold are stored in the FPR
-    network (so they are saved with its weights), and the numbers go to ``engine.state.metrics``:
-    ``fields_f1``, ``fields_precision``, ``fields_recall`` at the operating threshold,
-    ``fields_vote_only_f1`` (the paper's vote alone), ``fields_operating_threshold``, ``fields_fnr_fp``
-    and ``fields_fpr_fp`` (false positives before and after stage 2), ``fields_fnr_recall``.
+    When it runs (at the end of stage 2 by default), it rebuilds the reference bank, runs the detector
+    (:class:`FieldDetector`: the code ``detect`` runs, stain normaliser included) with operating
+    threshold 0 on every record, fits ``p = sigmoid(a * votes + b)`` by Platt scaling on the candidates
+    (label 1 = matched to a mitosis within ``radius_um``), then picks the operating threshold: among the
+    candidates the vote keeps, the lowest calibrated probability that maximises F1 on these fields
+    (micro, :mod:`mssn_monai.metrics`), moved down to the middle of the gap between it and the next
+    lower probability (:func:`gap_midpoint`; the largest margin on these fields, so a true mitosis
+    scored a little lower on new fields still passes). Calibration and threshold are written into the
+    stage-2 network (so they are saved with its weights), and the numbers go to
+    ``engine.state.metrics``: ``fields_f1``, ``fields_precision``, ``fields_recall`` at the operating
+    threshold, ``fields_vote_only_f1`` (the paper's vote alone), ``fields_operating_threshold``,
+    ``fields_fnr_fp`` and ``fields_fpr_fp`` (false positives before and after stage 2),
+    ``fields_fnr_recall``.
 
     Args:
-        fnr: the stage-1 network.
-        fpr: the stage-2 network.
+        detector: the ``MSSNDetector`` being trained.
         data: held-out records (``image``, ``mitoses``, ``spacing``).
         reference_refresh: a :class:`ReferenceBankRefresh` run first (``None``: keep the current bank).
-        normalizer: stain normaliser applied to each field first (the detector's, e.g. the bundle's
-            ``stain_normalization``), or ``None``.
-        threshold, min_distance_um, vote_radius_px: the detector's settings.
+        normalizer: the detector's stain normaliser, or ``None``.
         radius_um: match radius in micrometres.
         event: Ignite event to run on.
     """
 
     def __init__(
         self,
-        fnr: torch.nn.Module,
-        fpr: torch.nn.Module,
+        detector: torch.nn.Module,
         data: Sequence[dict[str, Any]],
         reference_refresh: ReferenceBankRefresh | None = None,
         normalizer: Any = None,
-        threshold: float = 0.5,
-        min_distance_um: float = 4.0,
-        vote_radius_px: float = 2.0,
-        radius_um: float = 8.0,
+        radius_um: float = MATCH_RADIUS_UM,
         event: str = "COMPLETED",
     ) -> None:
-        self.fnr, self.fpr, self.data = fnr, fpr, list(data)
+        self.fields = FieldDetector(detector, normalizer)
+        self.data = list(data)
         self.reference_refresh = reference_refresh
-        self.normalizer = normalizer
-        self.threshold = float(threshold)
-        self.min_distance_um = float(min_distance_um)
-        self.vote_radius_px = float(vote_radius_px)
         self.radius_um = float(radius_um)
         self.event = Events[event.upper()]
         self.results: dict[str, float] = {}
@@ -392,67 +403,103 @@ class TwoStageValidation:
         engine.add_event_handler(self.event, self)
 
     def __call__(self, engine: Engine | None = None) -> None:
-        self.results = self.run()
+        self.results = self.fit()
         if engine is not None:
             engine.state.metrics.update(self.results)
         logger.info(
-            "two-stage detection on %d held-out fields: %s",
+            "operating point fitted on %d held-out fields: %s",
             len(self.data),
             ", ".join(f"{k} {v:.4g}" for k, v in self.results.items()),
         )
 
-    def run(self) -> dict[str, float]:
-        from mssn_monai.inference import detect_two_stage, normalize_field
-        from mssn_monai.io import read_image_rgb
-        from mssn_monai.metrics import evaluate_predictions
+    def fit(self) -> dict[str, float]:
+        """Refit now; returns the metrics on the held-out fields (empty when there are none)."""
+        from mssn_monai.metrics import (
+            best_threshold,
+            detection_counts,
+            prf_arrays,
+            select_thresholds,
+            sum_counts,
+            sweep_counts,
+        )
         from mssn_monai.networks.fpr import fit_calibration
 
         if not self.data:
             return {}
+        fpr = self.fields.detector.fpr
         if self.reference_refresh is not None:
             self.reference_refresh.refresh()
-        self.fpr.set_operating_threshold(0.0)
-        outputs, all_votes, all_labels = {}, [], []
+        fpr.set_operating_threshold(0.0)
+        outputs, gts, radii = [], [], []
         for rec in self.data:
-            image = normalize_field(self.normalizer, read_image_rgb(rec["image"]))
-            spacing = float(rec["spacing"])
-            out = detect_two_stage(
-                self.fnr, self.fpr, image, spacing, self.threshold, self.min_distance_um, self.vote_radius_px
-            )
-            outputs[Path(rec["image"]).stem] = out
-            gt = np.asarray(rec["mitoses"], dtype=np.float64).reshape(-1, 2)
-            match = match_points(gt, out["candidates"][:, :2], self.radius_um / spacing)
-            labels = np.zeros(len(out["candidates"]))
-            labels[match.det_idx] = 1.0
-            all_votes.append(out["votes"])
-            all_labels.append(labels)
-        votes = torch.as_tensor(np.concatenate(all_votes), dtype=torch.float32)
-        labels = torch.as_tensor(np.concatenate(all_labels), dtype=torch.float32)
-        if len(votes) and 0 < float(labels.sum()) < len(labels):
-            a, b = fit_calibration(votes, labels)
-            self.fpr.set_calibration(float(a), float(b))
+            spacing = float(rec[DatalistKeys.SPACING])
+            outputs.append(self.fields(read_image_rgb(rec[DatalistKeys.IMAGE]), spacing))
+            gts.append(np.asarray(rec[DatalistKeys.MITOSES], dtype=np.float64).reshape(-1, 2))
+            radii.append(self.radius_um / spacing)
+        labels = []
+        for out, gt, r in zip(outputs, gts, radii, strict=True):
+            cand = out[DetectionKeys.CANDIDATES]
+            lab = np.zeros(len(cand))
+            lab[match_points(gt, cand[:, :2], r).det_idx] = 1.0
+            labels.append(lab)
+        votes = torch.as_tensor(np.concatenate([o[DetectionKeys.VOTES] for o in outputs]), dtype=torch.float32)
+        target = torch.as_tensor(np.concatenate(labels), dtype=torch.float32)
+        if len(votes) and 0 < float(target.sum()) < len(target):
+            a, b = fit_calibration(votes, target)
+            fpr.set_calibration(float(a), float(b))
         # probabilities under the new calibration; the vote's decisions do not change with it
-        voted = {
-            stem: np.column_stack(
-                [o["candidates"][o["voted"], :2], self.fpr.calibrated_score(torch.as_tensor(o["votes"]))[o["voted"]]]
-            ).reshape(-1, 3)
-            for stem, o in outputs.items()
-        }
-        candidates = {stem: o["candidates"] for stem, o in outputs.items()}
-        vote_only = evaluate_predictions(self.data, voted, radius_um=self.radius_um, sweep=True)
-        best = vote_only["sweep"]["best_threshold"]
-        scores = np.concatenate([v[:, 2] for v in voted.values()]) if voted else np.zeros(0)
-        operating = gap_midpoint(scores, float(best)) if best is not None else 0.0
-        self.fpr.set_operating_threshold(operating)
-        both = evaluate_predictions(self.data, voted, radius_um=self.radius_um, threshold=operating)["overall"]
-        stage1 = evaluate_predictions(self.data, candidates, radius_um=self.radius_um)["overall"]
+        voted = []
+        for out in outputs:
+            keep = out[DetectionKeys.VOTED]
+            p = fpr.calibrated_score(torch.as_tensor(out[DetectionKeys.VOTES])).cpu().numpy()
+            voted.append(np.column_stack([out[DetectionKeys.CANDIDATES][keep, :2], p[keep]]).reshape(-1, 3))
+
+        def counts(dets: list[np.ndarray], threshold: float | None = None) -> Any:
+            kept = [d if threshold is None else d[d[:, 2] >= threshold] for d in dets]
+            return sum_counts(detection_counts(g, d[:, :2], r) for g, d, r in zip(gts, kept, radii, strict=True))
+
+        scores = np.concatenate([v[:, 2] for v in voted])
+        thresholds = select_thresholds(scores)
+        best, _ = best_threshold(thresholds, prf_arrays(*sweep_counts(gts, voted, radii, thresholds))[2])
+        operating = gap_midpoint(scores, best) if best is not None else 0.0
+        fpr.set_operating_threshold(operating)
+        both, vote_only = counts(voted, operating), counts(voted)
+        stage1 = counts([o[DetectionKeys.CANDIDATES] for o in outputs])
+        p, r, f = (float(v) for v in prf_arrays(*both))
         return {
-            "fields_precision": both["precision"],
-            "fields_recall": both["recall"],
-            "fields_f1": both["f1"],
-            "fields_vote_only_f1": vote_only["overall"]["f1"],
+            "fields_precision": p,
+            "fields_recall": r,
+            "fields_f1": f,
+            "fields_vote_only_f1": float(prf_arrays(*vote_only)[2]),
             "fields_operating_threshold": operating,
-            "fields_fnr_fp": float(stage1["fp"]),
-            "fields_fpr_fp": float(both["fp"]),
-            "fields_fnr_recall": stage1["recall"],
+            "fields_fnr_fp": float(stage1.fp),
+            "fields_fpr_fp": float(both.fp),
+            "fields_fnr_recall": float(prf_arrays(*stage1)[1]),
         }
+
+
+class SaveWeights:
+    """Write a network's state dict to ``path`` when the engine completes (never on an exception).
+
+    Unlike ``CheckpointSaver(save_final=True)``, which also saves when training fails, so a crashed run
+    would replace a good ``model.pt`` with a half-trained one. The file is written atomically, with
+    every tensor on the CPU and no ``module.`` prefix, by rank 0 only under ``torch.distributed``
+    (:func:`mssn_monai.checkpoints.save_state_dict`).
+
+    Args:
+        network: what to save (the bundle's ``network_def``: both stages, references, calibration).
+        path: the weight file (e.g. ``models/model.pt``).
+    """
+
+    def __init__(self, network: torch.nn.Module, path: str | Path) -> None:
+        self.network = network
+        self.path = Path(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine | None = None) -> None:
+        from mssn_monai.checkpoints import save_state_dict
+
+        save_state_dict(self.network, self.path)
+        logger.info("weights of the whole detector: %s", self.path)

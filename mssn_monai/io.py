@@ -18,7 +18,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,8 +39,7 @@ __all__ = [
     "CSV_COLUMN_NAMES",
     "read_detections_csv",
     "read_predictions",
-    "for_each_image",
-    "detect_each_image",
+    "iter_images",
     "detections_to_geojson",
 ]
 
@@ -535,61 +534,20 @@ def _flat(value: Any) -> Iterator[Any]:
         yield value
 
 
-def for_each_image(
-    input: str | os.PathLike,  # noqa: A002
-    out: str | os.PathLike,
-    process: Callable[[Path, np.ndarray], None],
-    desc: str = "images",
-) -> int:
-    """Call ``process(out / <image stem>, image)`` for every image under ``input``, with a progress bar.
+def iter_images(files: Sequence[str | os.PathLike], desc: str = "images") -> Iterator[tuple[Path, np.ndarray]]:
+    """Yield ``(path, (H, W, 3) uint8 image)`` for each readable file, with a progress bar.
 
-    An image that cannot be read is reported (one line naming it) and skipped; the others are still
-    processed.
-
-    Args:
-        input: an image file or a folder (searched recursively, :func:`list_images`).
-        out: output folder (created; must not be a file).
-        process: writes the outputs of one image; gets the output path without suffix and the
-            ``(H, W, 3)`` uint8 image.
-        desc: progress bar label.
-
-    Returns:
-        the number of images processed.
-
-    Raises:
-        ValueError: when no image could be read.
+    A file that cannot be read is reported (one line naming it) and skipped; the others are still read.
     """
     from tqdm import tqdm
 
-    files = list_images(input)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out}: exists and is not a directory")
-    n = 0
-    for path in tqdm(files, desc=desc, unit="image", disable=len(files) < 2):
+    for path in tqdm([Path(f) for f in files], desc=desc, unit="image", disable=len(files) < 2):
         try:
             image = read_image_rgb(path)
         except (OSError, ValueError) as e:
             logger.error("%s", e)
             continue
-        process(out / path.stem, image)
-        n += 1
-    if n == 0:
-        raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
-    return n
-
-
-def detect_each_image(
-    input: str | os.PathLike,  # noqa: A002
-    out: str | os.PathLike,
-    detect: Callable[[np.ndarray], np.ndarray],
-    desc: str = "images",
-) -> int:
-    """Run ``detect`` (``(H, W, 3) uint8 -> (N, 3)`` rows ``x, y, score``) on every image under ``input``
-    and write ``out/<image stem>.csv`` (see :func:`for_each_image` for skipping and errors)."""
-    return for_each_image(
-        input, out, lambda stem, image: write_detections_csv(stem.parent / f"{stem.name}.csv", detect(image)), desc
-    )
+        yield path, image
 
 
 def detections_to_geojson(

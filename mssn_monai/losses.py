@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiScaleBCELoss", "ContrastiveLoss"]
+__all__ = ["MultiScaleBCELoss", "MarginContrastiveLoss"]
 
 
 class MultiScaleBCELoss(nn.Module):
@@ -51,7 +51,7 @@ class MultiScaleBCELoss(nn.Module):
         return total / norm
 
 
-class ContrastiveLoss(nn.Module):
+class MarginContrastiveLoss(nn.Module):
     """Margin contrastive loss over every pair of a batch (Hadsell, Chopra & LeCun 2006; MSSN stage 2).
 
     For a pair of embeddings at Euclidean distance ``d``: a *similar* pair (same class) costs
@@ -69,7 +69,7 @@ class ContrastiveLoss(nn.Module):
     batch of fewer than 2 embeddings has no pair: the loss is 0, still connected to the graph
     (``embeddings.sum() * 0``), so a last batch of 1 neither crashes training nor changes weights.
 
-    Classes are those of ``mssn_monai.data.patches.PatchClass``: 0 background, 1 mitosis, 2 hard
+    Classes are those of :class:`mssn_monai.keys.PatchClass`: 0 background, 1 mitosis, 2 hard
     mimic (use the sample's ``"class"`` key; its ``"label"`` key is already binary).
 
     Args:
@@ -83,7 +83,7 @@ class ContrastiveLoss(nn.Module):
         integral float). Returns a scalar.
 
     Example:
-        >>> loss = ContrastiveLoss(margin=1.0)
+        >>> loss = MarginContrastiveLoss(margin=1.0)
         >>> loss(torch.tensor([[0.0, 0.0], [0.6, 0.0]]), torch.tensor([0, 1]))  # one dissimilar pair, d = 0.6
         tensor(0.0800)
     """

@@ -1,13 +1,14 @@
 """Stage-1 report: candidate recall, candidates per field, and the single sub-model vs fused ablation.
 
-Runs the FNR densely over every image of a datalist section, then for each sub-model map and the fused
-map counts the mitoses missed (no candidate within the match radius; one-to-one) at each threshold.
+Runs stage 1 of the bundle's detector (``MSSNDetector.stage1_maps``, the code ``detect`` runs, stain
+normalisation included) over every image of a datalist section, then for each sub-model map and the
+fused map counts the mitoses missed (no candidate within the match radius; one-to-one) at each threshold.
 This is the paper's Fig. 9 comparison: the fused FNR must miss fewer mitoses than the best single one.
 
 Usage::
 
     .venv/bin/python scripts/fnr_report.py --datalist bench/datalist.json --section testing \\
-        --checkpoint bundle/models/fnr.pt [--thresholds 0.3,0.5,0.7] [--out report.json]
+        [--bundle bundle] [--thresholds 0.3,0.5,0.7] [--out report.json]
 """
 
 from __future__ import annotations
@@ -16,21 +17,22 @@ import time
 
 import fire
 import numpy as np
+import torch
 
-from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
+from mssn_monai.checkpoints import load_detector
+from mssn_monai.constants import MATCH_RADIUS_UM
 from mssn_monai.data.datalist import load_datalist
-from mssn_monai.inference import fnr_probability_maps, maps_to_candidates, normalize_field
 from mssn_monai.io import read_image_rgb, write_json
+from mssn_monai.keys import DatalistKeys
 from mssn_monai.ops.matching import match_points
 
 
 def main(
     datalist: str,
     section: str = "testing",
-    checkpoint: str | None = None,
-    config: str | None = None,
+    bundle: str | None = None,
     thresholds: tuple[float, ...] | None = None,
-    radius_um: float = 8.0,
+    radius_um: float = MATCH_RADIUS_UM,
     out: str | None = None,
     normalize: bool = True,
 ) -> None:
@@ -39,37 +41,38 @@ def main(
     ``normalize`` maps each field onto the training stains first (the bundle's ``stain_normalization``,
     when its config enables it), as training and ``detect`` do.
     """
-    config = config or str(DEFAULT_BUNDLE / "configs" / "train.json")
-    checkpoint = checkpoint or str(DEFAULT_BUNDLE / "models" / "fnr.pt")
-    parser = bundle_config(config)
-    operating = float(parser.get("candidate_threshold", 0.5))
-    min_distance_um = float(parser.get("min_distance_um", 4.0))
+    fields = load_detector(bundle, "cpu", normalize=normalize)
+    detector = fields.detector
+    operating = float(detector.candidate_threshold)
     if thresholds is None:
         thresholds = tuple(sorted({0.1, 0.2, 0.3, 0.5, 0.7, 0.9, operating}))
     elif isinstance(thresholds, (int, float)):
         thresholds = (float(thresholds),)
-    network = load_network(checkpoint, config, "fnr_def", "cpu")
-    normalizer = stain_normalizer(parser) if normalize else None
     records = load_datalist(datalist, section)
     stats: dict[tuple[str, float], list[int]] = {}
     n_gt = 0
     seconds = []
     for rec in records:
-        image = normalize_field(normalizer, read_image_rgb(rec["image"]))
+        spacing = float(rec[DatalistKeys.SPACING])
+        field = fields.prepare(read_image_rgb(rec[DatalistKeys.IMAGE]))
         t0 = time.perf_counter()
-        maps = fnr_probability_maps(network, image)
+        with torch.inference_mode():
+            maps = detector.stage1_maps(field)
         seconds.append(time.perf_counter() - t0)
-        gt = np.asarray(rec["mitoses"], dtype=np.float64).reshape(-1, 2)
+        gt = np.asarray(rec[DatalistKeys.MITOSES], dtype=np.float64).reshape(-1, 2)
         n_gt += len(gt)
         for t in thresholds:
-            for name, cand in maps_to_candidates(maps, rec["spacing"], t, min_distance_um).items():
-                hit = len(match_points(gt, cand[:, :2], radius_um / rec["spacing"]).gt_idx)
+            detector.candidate_threshold = float(t)
+            for name, prob_map in maps.items():
+                cand = detector.peaks(prob_map, spacing).numpy()
+                hit = len(match_points(gt, cand[:, :2], radius_um / spacing).gt_idx)
                 s = stats.setdefault((name, t), [0, 0])
                 s[0] += len(gt) - hit
                 s[1] += len(cand)
+        detector.candidate_threshold = operating
     names = list(dict.fromkeys(name for name, _ in stats))
     print(f"{len(records)} images, {n_gt} mitoses, match radius {radius_um} um, operating threshold {operating}")
-    print(f"dense FNR: {np.mean(seconds):.3f} s per image on average (image sizes as in the datalist)")
+    print(f"stage 1: {np.mean(seconds):.3f} s per image on average (image sizes as in the datalist)")
     header = f"{'map':>12} {'threshold':>9} {'missed':>7} {'recall':>7} {'cand/field':>10}"
     print(header)
     print("-" * len(header))

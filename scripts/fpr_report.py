@@ -15,14 +15,14 @@ import fire
 import numpy as np
 import torch
 
-from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_network, stain_normalizer
+from mssn_monai.checkpoints import load_detector
+from mssn_monai.constants import MATCH_RADIUS_UM
 from mssn_monai.data.datalist import load_datalist
-from mssn_monai.data.patches import PatchClass
+from mssn_monai.evaluation import evaluate_predictions
 from mssn_monai.handlers import false_positive_points
-from mssn_monai.inference import detect_two_stage, image_to_tensor, normalize_field
 from mssn_monai.io import read_image_rgb, write_image, write_json
-from mssn_monai.metrics import evaluate_predictions
-from mssn_monai.networks.fnr import extract_patches
+from mssn_monai.keys import DatalistKeys, DetectionKeys, PatchClass
+from mssn_monai.ops.patches import extract_patches
 
 _COLOURS = {PatchClass.BACKGROUND: (120, 120, 120), PatchClass.MITOSIS: (0, 170, 0), PatchClass.MIMIC: (255, 120, 0)}
 _NAMES = {PatchClass.BACKGROUND: "background / nuclei", PatchClass.MITOSIS: "mitosis", PatchClass.MIMIC: "hard mimic"}
@@ -31,10 +31,8 @@ _NAMES = {PatchClass.BACKGROUND: "background / nuclei", PatchClass.MITOSIS: "mit
 def main(
     datalist: str,
     section: str = "testing",
-    fnr_checkpoint: str | None = None,
-    fpr_checkpoint: str | None = None,
-    config: str | None = None,
-    radius_um: float = 8.0,
+    bundle: str | None = None,
+    radius_um: float = MATCH_RADIUS_UM,
     embedding_png: str | None = None,
     out: str | None = None,
     normalize: bool = True,
@@ -43,31 +41,26 @@ def main(
 
     ``normalize`` applies the bundle's stain normalisation (when its config enables it) as ``detect`` does.
     """
-    config = config or str(DEFAULT_BUNDLE / "configs" / "train.json")
-    parser = bundle_config(config)
-    fnr = load_network(fnr_checkpoint or DEFAULT_BUNDLE / "models" / "fnr.pt", config, "fnr_def")
-    fpr = load_network(fpr_checkpoint or DEFAULT_BUNDLE / "models" / "fpr.pt", config, "fpr_def")
-    threshold = float(parser.get("candidate_threshold", 0.5))
-    min_distance_um = float(parser.get("min_distance_um", 4.0))
-    vote_radius_px = float(parser.get("vote_radius_px", 2.0))
-    normalizer = stain_normalizer(parser) if normalize else None
+    fields = load_detector(bundle, "cpu", normalize=normalize)
+    fpr = fields.detector.fpr
     records = load_datalist(datalist, section)
     candidates, voted, detections, embed_points = {}, {}, {}, []
     for rec in records:
-        image = normalize_field(normalizer, read_image_rgb(rec["image"]))
-        res = detect_two_stage(fnr, fpr, image, rec["spacing"], threshold, min_distance_um, vote_radius_px)
-        stem = Path(rec["image"]).stem
-        candidates[stem], detections[stem] = res["candidates"], res["detections"]
-        voted[stem] = np.column_stack([res["candidates"][res["voted"], :2], res["probability"][res["voted"]]])
+        image = read_image_rgb(rec[DatalistKeys.IMAGE])
+        res = fields(image, float(rec[DatalistKeys.SPACING]))
+        cand, keep = res[DetectionKeys.CANDIDATES], res[DetectionKeys.VOTED]
+        stem = Path(rec[DatalistKeys.IMAGE]).stem
+        candidates[stem], detections[stem] = cand, res[DetectionKeys.DETECTIONS]
+        voted[stem] = np.column_stack([cand[keep, :2], res[DetectionKeys.PROBABILITY][keep]])
         if embedding_png:
-            embed_points.append((image, rec, res["candidates"]))
+            embed_points.append((fields.prepare(image).cpu(), rec, cand))
     stage1 = evaluate_predictions(records, candidates, radius_um=radius_um)["overall"]
     vote = evaluate_predictions(records, voted, radius_um=radius_um)["overall"]
     both = evaluate_predictions(records, detections, radius_um=radius_um)["overall"]
     operating = float(fpr.operating_threshold)
     print(
         f"{len(records)} images, {stage1['n_gt']} mitoses, match radius {radius_um} um, "
-        f"stain normalisation {'on' if normalizer is not None else 'off'}"
+        f"stain normalisation {'on' if fields.normalizer is not None else 'off'}"
     )
     print(f"{'stage':>11} {'TP':>5} {'FP':>5} {'FN':>5} {'precision':>9} {'recall':>7} {'F1':>6}")
     for name, r in (("FNR", stage1), ("+FPR vote", vote), (f"+p>={operating:.2f}", both)):
@@ -100,16 +93,16 @@ def _embedding_plot(fpr: torch.nn.Module, items, radius_um: float, path: str, pe
     rng = np.random.default_rng(0)
     embeddings, classes = [], []
     size = int(fpr.patch_size)
-    for image, rec, cand in items:
-        h, w = image.shape[:2]
-        gt = np.asarray(rec["mitoses"], dtype=np.float64).reshape(-1, 2)
-        mimics = np.asarray(rec.get("mimics", []), dtype=np.float64).reshape(-1, 2)
-        fps = false_positive_points(cand, gt, radius_um / rec["spacing"])
+    for field, rec, cand in items:
+        h, w = field.shape[-2:]
+        spacing = float(rec[DatalistKeys.SPACING])
+        gt = np.asarray(rec[DatalistKeys.MITOSES], dtype=np.float64).reshape(-1, 2)
+        mimics = np.asarray(rec.get(DatalistKeys.MIMICS, []), dtype=np.float64).reshape(-1, 2)
+        fps = false_positive_points(cand, gt, radius_um / spacing)
         background = rng.uniform([0, 0], [w, h], size=(20, 2))
         if len(gt):
             far = np.hypot(background[:, None, 0] - gt[None, :, 0], background[:, None, 1] - gt[None, :, 1]).min(1)
-            background = background[far > radius_um / rec["spacing"]]
-        t = image_to_tensor(image)[0]
+            background = background[far > radius_um / spacing]
         for pts, cls in (
             (gt, PatchClass.MITOSIS),
             (np.concatenate([mimics, fps]), PatchClass.MIMIC),
@@ -117,7 +110,7 @@ def _embedding_plot(fpr: torch.nn.Module, items, radius_um: float, path: str, pe
         ):
             if len(pts):
                 with torch.inference_mode():
-                    embeddings.append(fpr(extract_patches(t, pts, size)).float().numpy())
+                    embeddings.append(fpr(extract_patches(field, pts, size)).float().numpy())
                 classes.append(np.full(len(pts), int(cls)))
     emb, cls = np.concatenate(embeddings), np.concatenate(classes)
     keep = np.concatenate([rng.permutation(np.flatnonzero(cls == c))[:per_class] for c in _COLOURS])

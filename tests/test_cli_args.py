@@ -112,7 +112,7 @@ def test_invalid_values_name_the_flag(tmp_path, monkeypatch, capsys, argv, messa
         ["prepare", "--format", "MIDOG", "--root", "r", "--val-fraction", "0", "--test-fraction", "1", "--seed", "3"],
         ["prepare", "midog", "r", "--spacing", "None"],
         ["synth", "--out", "o", "--n-images", "3", "--size", "64,48", "--seed", "1e0"],
-        ["candidates", "--input", "i", "--out", "o", "--threshold", "0.5", "--min-distance-um", "4"],
+        ["candidates", "--input", "i", "--out", "o", "--threshold", "0.5", "--bundle", "b"],
         ["demo"],
         ["detect", "--help"],
         ["detect", "--spacin", "1", "--", "--help"],

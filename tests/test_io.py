@@ -181,7 +181,7 @@ def test_write_json_refuses_nan_and_infinity(tmp_path, obj, where):
 
 
 def test_evaluation_report_writes_null_for_undefined_densities(tmp_path):
-    from mssn_monai.metrics import evaluate_predictions
+    from mssn_monai.evaluation import evaluate_predictions
 
     write_detections_csv(tmp_path / "pred" / "a.csv", [[1, 2, 0.9]])
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "a.png")

@@ -145,8 +145,8 @@ class DetectionWriterOperator(Operator):
         spec.input("path")
 
     def compute(self, op_input, op_output, context) -> None:
-        from mssn_monai.inference import write_detection_outputs
         from mssn_monai.io import write_image
+        from mssn_monai.outputs import write_detection_outputs
 
         pred = op_input.receive("pred")
         points = np.asarray(op_input.receive("points"), dtype=np.float64).reshape(-1, 3)
@@ -180,7 +180,7 @@ def _settings(model_path: Path) -> tuple[dict, float]:
         settings["operating_threshold"] = float(module.fpr.operating_threshold)
     else:
         state = torch.load(str(model_path / "models" / "model.pt"), map_location="cpu")
-        settings = {k: float(parser.get(k)) for k in keys}
+        settings = {k: float(parser.get_parsed_content(k)) for k in keys}
         settings["operating_threshold"] = float(state["fpr.operating_threshold"])
     settings["stain_normalization"] = bool(parser.get("normalize_stain", True))
     return settings, settings["spacing_um"]

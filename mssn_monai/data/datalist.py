@@ -28,29 +28,11 @@ from typing import Any
 import numpy as np
 
 from mssn_monai.io import read_json, write_json
+from mssn_monai.keys import DatalistKeys
 
-__all__ = ["DatalistKeys", "SECTIONS", "split_by_group", "write_datalist", "load_datalist", "inference_records"]
+__all__ = ["SECTIONS", "split_by_group", "write_datalist", "load_datalist", "inference_records"]
 
 logger = logging.getLogger(__name__)
-
-
-class DatalistKeys:
-    """Keys of a datalist record (plain strings, so that records stay plain JSON dictionaries)."""
-
-    IMAGE = "image"
-    """Image file; absolute in memory, relative to the datalist's folder on disk."""
-    MITOSES = "mitoses"
-    """``[[x, y], ...]`` mitotic figures, (column, row) in level-0 pixels."""
-    MIMICS = "mimics"
-    """``[[x, y], ...]`` annotated non-mitoses (hard negatives), same convention."""
-    SPACING = "spacing"
-    """Pixel spacing in um/px."""
-    GROUP = "group"
-    """Slide or case id; the unit of the train/validation/test split."""
-    MITOSIS_CONFIDENCE = "mitosis_confidence"
-    """Optional, one value per mitosis: annotators' agreement (MITOS-ATYPIA-14, 1.0 = all agreed)."""
-    MIMIC_CONFIDENCE = "mimic_confidence"
-    """Optional, one value per mimic, as above."""
 
 
 SECTIONS = ("training", "validation", "testing")

@@ -9,7 +9,7 @@ One sample is a square RGB patch whose centre pixel is a point of interest, with
   hematoxylin-dark pixels so that ordinary nuclei are well represented.
 
 Coordinates follow the package convention: points are ``(x, y)`` = (column, row) in level-0 pixels.
-Patches are cut with :func:`mssn_monai.networks.fnr.extract_patch`, so their borders follow the same
+Patches are cut with :func:`mssn_monai.ops.patches.extract_patch`, so their borders follow the same
 mirror rule as dense inference, and the centre pixel of a patch of (even) size ``S`` starting at pixel
 ``s`` is ``s + S // 2``. The sample point is rounded to the nearest pixel (halves up) before cutting,
 and the returned ``point`` is that pixel.
@@ -28,7 +28,6 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Final
 
 import numpy as np
@@ -36,12 +35,13 @@ import torch
 from skimage.color import rgb2hed
 from torch.utils.data import Dataset
 
-from mssn_monai import DEFAULT_SPACING_UM
-from mssn_monai.data.datalist import DatalistKeys
+from mssn_monai.constants import DEFAULT_SPACING_UM, MATCH_RADIUS_UM
 from mssn_monai.io import read_image_rgb
-from mssn_monai.networks.fnr import extract_patch
+from mssn_monai.keys import DatalistKeys, PatchClass, PatchKeys
+from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01, to_uint8
+from mssn_monai.ops.patches import extract_patch
 
-__all__ = ["PatchClass", "PatchKeys", "PatchSampleDataset"]
+__all__ = ["PatchSampleDataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,32 +53,6 @@ _DEDUP_PX: Final[float] = 4.0
 """Hard negatives closer than this (px) to an existing class-2 point are duplicates."""
 _TRIES_PER_IMAGE: Final[int] = 32
 _MAX_TRIES: Final[int] = 256
-
-
-class PatchClass(IntEnum):
-    """Value of ``"class"`` in a sample."""
-
-    BACKGROUND = 0
-    """Background and ordinary tissue (nuclei included), away from every mitosis."""
-    MITOSIS = 1
-    """A mitotic figure (``"label"`` 1)."""
-    MIMIC = 2
-    """A hard mimic: annotated non-mitosis or mined false positive (``"label"`` 0)."""
-
-
-class PatchKeys:
-    """Keys of a sample of :class:`PatchSampleDataset`."""
-
-    IMAGE = "image"
-    """``(3, S, S)`` float32 RGB in [0, 1]."""
-    LABEL = "label"
-    """``(1,)`` float32: 1 for a mitosis, else 0."""
-    CLASS = "class"
-    """``()`` int64: a :class:`PatchClass`."""
-    POINT = "point"
-    """``(2,)`` float32 ``(x, y)`` px: the patch's centre pixel in the image."""
-    IMAGE_INDEX = "image_index"
-    """``int``: index of the record the patch comes from."""
 
 
 @dataclass
@@ -106,7 +80,7 @@ def _points(value: Any, what: str) -> np.ndarray:
 
 
 def _round_half_up(v: np.ndarray | float) -> np.ndarray:
-    """Nearest integer, halves up: the rounding of :func:`~mssn_monai.networks.fnr.extract_patch`."""
+    """Nearest integer, halves up: the rounding of :func:`~mssn_monai.ops.patches.extract_patch`."""
     return np.floor(np.asarray(v, dtype=np.float64) + 0.5).astype(np.int64)
 
 
@@ -198,7 +172,7 @@ class PatchSampleDataset(Dataset):
         positive_fraction: float = 0.5,
         mimic_fraction: float = 0.25,
         jitter_px: float = 10.0,
-        exclusion_um: float = 8.0,
+        exclusion_um: float = MATCH_RADIUS_UM,
         nuclei_fraction: float = 0.5,
         scale_range: Sequence[float] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
@@ -337,13 +311,13 @@ class PatchSampleDataset(Dataset):
             path = self._paths[index]
             image = read_image_rgb(path)
             if self.field_transform is not None:
-                x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
+                x = hwc_to_chw_float(image)
                 y = torch.as_tensor(self.field_transform(x))
                 if tuple(y.shape) != tuple(x.shape):
                     raise ValueError(
                         f"{path}: field_transform changed the image shape {tuple(x.shape)} to {tuple(y.shape)}."
                     )
-                image = (y.clamp(0, 1) * 255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+                image = to_uint8(y).permute(1, 2, 0).contiguous().numpy()
             field = _Field(image=image)
             width, height = field.size
             for what, pts in (("mitosis", self._mitoses[index]), ("mimic", self._mimics[index])):
@@ -509,12 +483,12 @@ class PatchSampleDataset(Dataset):
         chw = image.transpose(2, 0, 1)  # a view: extract_patch copies only the patch
         size = self.patch_size
         if self.scale_range is None or self.scale_range[0] == self.scale_range[1] == 1.0:
-            return torch.from_numpy(extract_patch(chw, cx, cy, size)).float().div_(255.0)
+            return to_float01(torch.from_numpy(extract_patch(chw, cx, cy, size)))
         step = 1.0 / rng.uniform(*self.scale_range)  # input pixels per output pixel
         region = 2 * math.ceil(size * step / 2) + 2  # even, and holds every sampling position
-        patch = torch.from_numpy(extract_patch(chw, cx, cy, region)).float()
+        patch = to_float01(torch.from_numpy(extract_patch(chw, cx, cy, region)))
         weights = _linear_weights(size, region, step, patch.device)
-        return torch.einsum("sr,crq,tq->cst", weights, patch, weights).clamp_(0.0, 255.0).div_(255.0)
+        return torch.einsum("sr,crq,tq->cst", weights, patch, weights).clamp_(0.0, 1.0)
 
     def __getitem__(self, index: int) -> Any:
         if not 0 <= index < self.samples_per_epoch:

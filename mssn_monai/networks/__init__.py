@@ -2,7 +2,7 @@
 Siamese false-positive reducer (``fpr``), and both as one detector (``detector``, the bundle's
 ``network_def``)."""
 
-from mssn_monai.networks.detector import MSSNDetector, detection_map_to_points
+from mssn_monai.networks.detector import FieldDetector, MSSNDetector, detection_map_to_points
 from mssn_monai.networks.fnr import (
     FUSED_KEY,
     INPUT_RANGE,
@@ -10,9 +10,6 @@ from mssn_monai.networks.fnr import (
     FNRSubModel,
     MultiScaleFNR,
     conv_receptive_field,
-    extract_patch,
-    gather_patches,
-    pad_symmetric,
 )
 from mssn_monai.networks.fpr import (
     DEFAULT_CALIBRATION,
@@ -33,10 +30,8 @@ __all__ = [
     "OUTPUT_STRIDE",
     "MultiScaleFNR",
     "conv_receptive_field",
-    "extract_patch",
-    "gather_patches",
-    "pad_symmetric",
     "MSSNDetector",
+    "FieldDetector",
     "detection_map_to_points",
     "DEFAULT_CALIBRATION",
     "MITOSIS_CLASS",

@@ -7,11 +7,12 @@ TorchScript file (``torch.jit.script`` of this module, as ``python -m monai.bund
 
 Steps for one image (:meth:`MSSNDetector.detect`):
 
-1. The fused FNR map at stride 4, tile by tile: each tile of ``tile_px`` x ``tile_px`` output pixels is
-   read with its patch context (:meth:`MultiScaleFNR.forward_region`: the tiles overlap by the
-   receptive field, mirrored only at the image's own borders), so the stitched map equals the map of
-   the whole image and memory is bounded by the tile size.
-2. Candidates: thresholded local maxima of the stitched map at least ``min_distance_um`` apart
+1. The FNR maps at stride 4, tile by tile (:meth:`MSSNDetector.stage1_maps`): each tile of ``tile_px``
+   x ``tile_px`` output pixels is read with its patch context (:meth:`MultiScaleFNR.forward_region`:
+   the tiles overlap by the receptive field, mirrored only at the image's own borders), so the
+   stitched map equals the map of the whole image and memory is bounded by the tile size.
+2. Candidates (:meth:`MSSNDetector.candidates`, stage 1 alone): thresholded local maxima of the
+   stitched fused map at least ``min_distance_um`` apart
    (:func:`mssn_monai.ops.peaks_torch.find_peaks_torch`). Peaks are found once on the whole map, so a
    mitosis on a tile seam is reported exactly once.
 3. The FPR vote: for each candidate the patches centred within ``vote_radius_px`` of it are embedded
@@ -32,19 +33,37 @@ Output of :meth:`MSSNDetector.forward`
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from mssn_monai import DEFAULT_SPACING_UM
-from mssn_monai.networks.fnr import OUTPUT_STRIDE, MultiScaleFNR, gather_patches
+from mssn_monai.constants import (
+    CANDIDATE_THRESHOLD,
+    DEFAULT_SPACING_UM,
+    PEAK_SPACING_UM,
+    TILE_PX,
+    VOTE_RADIUS_PX,
+)
+from mssn_monai.networks.fnr import OUTPUT_STRIDE, MultiScaleFNR
 from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
+from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
+from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
 
-__all__ = ["MSSNDetector", "detection_map_to_points"]
+__all__ = ["MSSNDetector", "FieldDetector", "detection_map_to_points"]
 
 _MIN_SCORE = 1e-6  # a detection's value in the map is at least this, so 0 always means "nothing here"
+
+
+def _check_image(image: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless ``image`` is ``(3, H, W)`` with ``H, W >= 1``."""
+    if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"image must be (3, H, W) RGB with H, W >= 1, got {list(image.shape)}.")
 
 
 class MSSNDetector(nn.Module):
@@ -79,10 +98,10 @@ class MSSNDetector(nn.Module):
         fnr: MultiScaleFNR,
         fpr: SiameseEmbedding,
         spacing_um: float = DEFAULT_SPACING_UM,
-        candidate_threshold: float = 0.5,
-        min_distance_um: float = 4.0,
-        vote_radius_px: float = 2.0,
-        tile_px: int = 2048,
+        candidate_threshold: float = CANDIDATE_THRESHOLD,
+        min_distance_um: float = PEAK_SPACING_UM,
+        vote_radius_px: float = VOTE_RADIUS_PX,
+        tile_px: int = TILE_PX,
         operating_threshold: float | None = None,
         progress: bool = False,
     ) -> None:
@@ -147,32 +166,67 @@ class MSSNDetector(nn.Module):
         return float(self.fpr.operating_threshold)
 
     @torch.jit.export
-    def fused_map(self, image: torch.Tensor) -> torch.Tensor:
-        """Stage 1: the fused FNR probability map of one image, computed tile by tile.
+    def stage1_maps(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 1: every FNR probability map of one image (each sub-model's and the fused one), tile by tile.
 
         Args:
             image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
 
         Returns:
-            ``(ceil(H / 4), ceil(W / 4))`` float32; cell ``[i, j]`` scores the patch centred at pixel
-            ``(x, y) = (4 j, 4 i)``.
+            ``{name: (ceil(H / 4), ceil(W / 4)) float32}``; cell ``[i, j]`` scores the patch centred at
+            pixel ``(x, y) = (4 j, 4 i)``. ``"fused"`` is the per-cell maximum over the sub-models.
         """
         source = image.unsqueeze(0)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         n_rows = (h + self.output_stride - 1) // self.output_stride
         n_cols = (w + self.output_stride - 1) // self.output_stride
-        fused = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=image.device)
+        maps: dict[str, torch.Tensor] = {}
         n_tiles = ((n_rows + self.tile_cells - 1) // self.tile_cells) * (
             (n_cols + self.tile_cells - 1) // self.tile_cells
         )
         for r0 in range(0, n_rows, self.tile_cells):
             for c0 in range(0, n_cols, self.tile_cells):
                 rows, cols = min(self.tile_cells, n_rows - r0), min(self.tile_cells, n_cols - c0)
-                maps = self.fnr.forward_region(source, r0, rows, c0, cols)
-                fused[r0 : r0 + rows, c0 : c0 + cols] = maps[self.fnr.fused_key][0, 0].float()
+                for name, m in self.fnr.forward_region(source, r0, rows, c0, cols).items():
+                    if name not in maps:
+                        maps[name] = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=image.device)
+                    maps[name][r0 : r0 + rows, c0 : c0 + cols] = m[0, 0].float()
                 if not torch.jit.is_scripting():
                     self._tile_done(n_tiles)
-        return fused
+        return maps
+
+    @torch.jit.export
+    def peaks(self, prob_map: torch.Tensor, spacing_um: float) -> torch.Tensor:
+        """Candidates of one stage-1 map: local maxima at or above the candidate threshold, ``min_distance_um`` apart.
+
+        Args:
+            prob_map: ``(h, w)`` map at stride 4 (one of :meth:`stage1_maps`).
+            spacing_um: pixel spacing of the image in um/px.
+
+        Returns:
+            ``(N, 3)`` float64 rows ``x, y, probability`` in input pixels, by descending probability.
+        """
+        if not spacing_um > 0:
+            raise ValueError(f"spacing_um must be > 0 um/px, got {spacing_um}.")
+        min_distance_px = self.min_distance_um / spacing_um
+        return find_peaks_torch(prob_map, self.candidate_threshold, min_distance_px, self.output_stride)
+
+    @torch.jit.export
+    def candidates(self, image: torch.Tensor, spacing_um: float) -> torch.Tensor:
+        """Stage 1 alone: the candidates of one image (peaks of the fused map).
+
+        What the hard-negative miner, the ``candidates`` command and the reports use; :meth:`detect`
+        starts from the same call.
+
+        Args:
+            image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8, any ``H, W >= 1``.
+            spacing_um: its pixel spacing in um/px.
+
+        Returns:
+            ``(N, 3)`` float64 rows ``x, y, fused FNR probability``, by descending probability.
+        """
+        _check_image(image)
+        return self.peaks(self.stage1_maps(image)[self.fnr.fused_key], spacing_um)
 
     @torch.jit.export
     def vote(self, image: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -197,9 +251,7 @@ class MSSNDetector(nn.Module):
         c1_parts: list[torch.Tensor] = []
         c0_parts: list[torch.Tensor] = []
         for start in range(0, n * k, per_chunk):
-            patches = gather_patches(image, centres[start : start + per_chunk], self.patch_size)
-            if not patches.is_floating_point():
-                patches = patches.float().div_(255.0)
+            patches = to_float01(gather_patches(image, centres[start : start + per_chunk], self.patch_size))
             c1, c0 = self.fpr.mitosis_similarity(self.fpr(patches))
             c1_parts.append(c1)
             c0_parts.append(c0)
@@ -219,17 +271,11 @@ class MSSNDetector(nn.Module):
             "voted": (N,) bool, "keep": (N,) bool, "detections": (M, 3) x, y, probability}`` in input
             pixels, candidates by descending FNR probability; ``detections`` are the kept candidates.
         """
-        if image.ndim != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
-            raise ValueError(f"image must be (3, H, W) RGB with H, W >= 1, got {list(image.shape)}.")
-        if not spacing_um > 0:
-            raise ValueError(f"spacing_um must be > 0 um/px, got {spacing_um}.")
-        fused = self.fused_map(image)
-        candidates = find_peaks_torch(
-            fused, self.candidate_threshold, self.min_distance_um / spacing_um, self.output_stride
-        )
+        candidates = self.candidates(image, spacing_um)
         voted, votes, probability = self.vote(image, candidates)
         keep = voted & (probability >= self.operating_threshold())
         detections = torch.cat([candidates[keep][:, :2], probability[keep].unsqueeze(1).to(candidates.dtype)], dim=1)
+        # the DetectionKeys values, spelled out: TorchScript reads neither class attributes nor global strings
         return {
             "candidates": candidates,
             "votes": votes,
@@ -283,3 +329,59 @@ def detection_map_to_points(detection_map: torch.Tensor) -> torch.Tensor:
     scores = m[ys, xs].double()
     order = torch.sort(-scores, stable=True).indices
     return torch.stack([xs[order].double(), ys[order].double(), scores[order]], dim=1)
+
+
+class FieldDetector:
+    """The numpy face of :class:`MSSNDetector`: ``(H, W, 3)`` uint8 fields in, numpy results out.
+
+    Applies the same steps, in the same order, as the bundle's ``inference.json``: ``uint8 / 255``, the
+    stain normaliser (when given), then the detector. The CLI (``detect``, ``candidates``, ``demo``),
+    the hard-negative miner and :class:`~mssn_monai.handlers.FitOperatingPoint` all call this one
+    object, so training measures the code users run.
+
+    Args:
+        detector: the two-stage detector (its weights loaded); put in eval mode here.
+        normalizer: stain normaliser ``(3, H, W) float [0, 1] -> (3, H, W)`` applied first, or ``None``.
+
+    Example:
+        >>> fields = FieldDetector(detector, normalizer)
+        >>> fields(image, spacing_um=0.25)["detections"]  # (M, 3) x, y, probability
+    """
+
+    def __init__(self, detector: MSSNDetector, normalizer: Any = None) -> None:
+        self.detector = detector
+        self.normalizer = normalizer
+
+    @property
+    def settings(self) -> dict[str, float | bool]:
+        """The thresholds in force, as recorded in each image's JSON summary."""
+        return {**self.detector.settings(), "stain_normalization": self.normalizer is not None}
+
+    def prepare(self, image: np.ndarray) -> torch.Tensor:
+        """``(H, W, 3)`` uint8 -> the ``(3, H, W)`` float tensor the detector sees (normalised, on its device)."""
+        field = hwc_to_chw_float(image)
+        if self.normalizer is not None:
+            field = torch.as_tensor(self.normalizer(field))
+        return field.to(next(self.detector.parameters()).device)
+
+    def candidates(self, image: np.ndarray, spacing_um: float) -> np.ndarray:
+        """Stage-1 candidates of one field: ``(N, 3)`` float64 rows ``x, y, fused probability``."""
+        with torch.inference_mode(), _eval(self.detector):
+            return self.detector.candidates(self.prepare(image), float(spacing_um)).cpu().numpy().astype(np.float64)
+
+    def __call__(self, image: np.ndarray, spacing_um: float) -> dict[str, np.ndarray]:
+        """Both stages on one field: :meth:`MSSNDetector.detect`'s keys as numpy (float64 numbers, bool masks)."""
+        with torch.inference_mode(), _eval(self.detector):
+            out = self.detector.detect(self.prepare(image), float(spacing_um))
+        return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
+
+
+@contextlib.contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode and give it back in the mode it had (training code calls in mid-epoch)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

@@ -1,7 +1,7 @@
 """Stage 2 of MSSN (false-positive reduction, FPR): a Siamese embedding, a reference bank and the 2-px vote.
 
 Ma et al. (ICPR 2018, Sec. III-B) train an embedding ``G`` as a Siamese pair (shared weights) with a
-margin contrastive loss (:class:`mssn_monai.losses.ContrastiveLoss`) on three kinds of patches:
+margin contrastive loss (:class:`mssn_monai.losses.MarginContrastiveLoss`) on three kinds of patches:
 ordinary tissue, mitoses and hard mimics. At test time every candidate of stage 1 is re-sampled at
 the pixels around its centre (:func:`vote_offsets`), each patch ``C_ij`` gets a similarity to mitosis
 ``C_ij1`` and to not-mitosis ``C_ij0``, and the candidate is kept when ``sum_j C_ij1 > sum_j C_ij0``
@@ -15,9 +15,7 @@ Input
     as :func:`mssn_monai.networks.fnr.extract_patch` cuts it (same border rule as stage 1).
 
 Classes
-    ``0`` background / ordinary tissue, ``1`` mitosis, ``2`` hard mimic: the values of
-    ``mssn_monai.data.patches.PatchClass`` (restated here as :data:`NUM_CLASSES` and
-    :data:`MITOSIS_CLASS` because importing the data package from the networks would be circular).
+    ``0`` background / ordinary tissue, ``1`` mitosis, ``2`` hard mimic: :class:`mssn_monai.keys.PatchClass`.
 
 Similarity
     ``s(d) = clamp(1 - d / margin, 0, 1)`` for the Euclidean distance ``d`` between two embeddings
@@ -49,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mssn_monai.keys import PatchClass
+
 __all__ = [
     "NUM_CLASSES",
     "MITOSIS_CLASS",
@@ -61,10 +61,10 @@ __all__ = [
     "fit_calibration",
 ]
 
-NUM_CLASSES: Final[int] = 3
+NUM_CLASSES: Final[int] = len(PatchClass)
 """Classes of the reference bank: 0 background, 1 mitosis, 2 hard mimic (``PatchClass`` values)."""
 
-MITOSIS_CLASS: Final[int] = 1
+MITOSIS_CLASS: Final[int] = int(PatchClass.MITOSIS)
 """The class whose similarity is ``C_ij1``; the other classes make up ``C_ij0``."""
 
 DEFAULT_CALIBRATION: Final[tuple[float, float]] = (4.0, 0.0)
@@ -140,10 +140,10 @@ class _Stage(nn.Sequential):
 class SiameseEmbedding(nn.Module):
     """The FPR embedding ``G`` (one twin of the Siamese pair) with its reference bank and calibration.
 
-    Train it with :class:`mssn_monai.losses.ContrastiveLoss` on batches of ``(patch, class)``: the
+    Train it with :class:`mssn_monai.losses.MarginContrastiveLoss` on batches of ``(patch, class)``: the
     loss forms every pair in the batch, which is the Siamese pair with shared weights. Then
     :meth:`build_references` from embeddings of training patches, :meth:`set_calibration` from
-    :func:`fit_calibration` on validation votes, and :meth:`score` the vote patches of candidates.
+    :func:`fit_calibration` on validation votes; ``MSSNDetector.vote`` runs the vote on candidates.
 
     Embeddings are L2-normalised by default (``normalize=True``). The contrastive loss's hinge
     ``max(0, margin - d)`` is only meaningful against a fixed scale: unnormalised, the network can
@@ -170,7 +170,7 @@ class SiameseEmbedding(nn.Module):
         normalize: L2-normalise the embeddings (see above).
         margin: the contrastive-loss margin in embedding units, > 0; the similarity reaches 0 there.
             Use the same value (one config id) for the loss.
-        chunk_size: patches per forward pass in :meth:`embed` and :meth:`score` (bounds memory).
+        chunk_size: patches per forward pass in :meth:`embed` and in ``MSSNDetector.vote`` (bounds memory).
 
     Raises:
         ValueError: on a non-positive width, size or chunk, an empty ``channels``, a non-positive margin
@@ -423,45 +423,6 @@ class SiameseEmbedding(nn.Module):
         a, b = self.calibration[0], self.calibration[1]
         return torch.sigmoid(a * votes.to(self.calibration.dtype) + b)
 
-    @torch.no_grad()
-    def score(
-        self, patches: torch.Tensor, chunk_size: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The 2-px vote of ``N`` candidates from their ``K`` vote patches each, in one chunked batch.
-
-        Runs in the network's current mode; call ``eval()`` first (in train mode BatchNorm uses batch
-        statistics, so results would depend on the chunking). No gradients are recorded.
-
-        Args:
-            patches: ``(N, K, in_channels, P, P)`` float RGB in ``[0, 1]``: for candidate ``n``, the
-                patches centred at its centre plus each of :func:`vote_offsets` (``K = 13`` for 2 px).
-                ``N`` may be 0.
-            chunk_size: patches per forward pass (default: the ``chunk_size`` knob).
-
-        Returns:
-            ``keep (N,) bool``, ``votes (N,)`` in ``[-1, 1]`` and ``probability (N,)`` =
-            :meth:`calibrated_score` of the votes (see :func:`fpr_vote`).
-
-        Raises:
-            ValueError: on a wrong shape (the message gives the shape received) or ``K = 0``.
-            RuntimeError: when no references are set.
-        """
-        p, c = self.patch_size, self.in_channels
-        if not isinstance(patches, torch.Tensor) or patches.ndim != 5 or tuple(patches.shape[2:]) != (c, p, p):
-            got = _shape_of(patches)
-            raise ValueError(f"patches must be a tensor (N, K, {c}, {p}, {p}), got {got}.")
-        n, k = int(patches.shape[0]), int(patches.shape[1])
-        if k == 0:
-            raise ValueError(f"patches must hold at least one vote patch per candidate, got {tuple(patches.shape)}.")
-        emb = self.embed(patches.reshape(n * k, c, p, p), chunk_size)
-        if n == 0:
-            self.class_similarities(emb)  # still raise when no references are set
-            empty = emb.new_zeros(0)
-            return empty.bool(), empty, self.calibrated_score(empty)
-        c1, c0 = self.mitosis_similarity(emb)
-        keep, votes = fpr_vote(c1.reshape(n, k), c0.reshape(n, k))
-        return keep, votes, self.calibrated_score(votes)
-
 
 # ---------------------------------------------------------------------- pure functions
 
@@ -652,7 +613,7 @@ def fit_calibration(
     and when all labels are equal.
 
     Args:
-        votes: ``(n,)`` votes of candidates (from :func:`fpr_vote` / :meth:`SiameseEmbedding.score`).
+        votes: ``(n,)`` votes of candidates (from :func:`fpr_vote`).
         labels: ``(n,)`` 1 when the candidate is a true mitosis, 0 when not (bool, int or 0./1. floats).
         l2: weight of the Gaussian prior on ``(a, b)``, > 0.
         max_iter: maximum Newton steps.

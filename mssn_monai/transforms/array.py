@@ -42,6 +42,8 @@ from monai.transforms import RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 from skimage.color import hed_from_rgb, rgb_from_hed
 
+from mssn_monai.ops.intensity import to_float01, to_uint8
+
 __all__ = [
     "RandJPEGCompression",
     "MIN_INTENSITY",
@@ -415,12 +417,12 @@ class RandJPEGCompression(RandomizableTransform):
         if not self._do_transform:
             return img
         arr = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-        u8 = np.clip(np.moveaxis(arr, 0, -1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        u8 = to_uint8(torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, 0, -1)))).numpy()
         buf = io.BytesIO()
         Image.fromarray(u8).save(buf, format="JPEG", quality=self.quality)
         buf.seek(0)
         with Image.open(buf) as im:
-            out = np.moveaxis(np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0, -1, 0)
+            out = to_float01(torch.from_numpy(np.asarray(im.convert("RGB")).copy())).permute(2, 0, 1).numpy()
         if isinstance(img, torch.Tensor):
             return torch.as_tensor(out, dtype=img.dtype, device=img.device)
         return out.astype(arr.dtype, copy=False)

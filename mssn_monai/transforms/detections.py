@@ -20,7 +20,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
-from mssn_monai import DEFAULT_SPACING_UM
+from mssn_monai.constants import DEFAULT_SPACING_UM
+from mssn_monai.keys import DetectionKeys, path_key
 
 __all__ = [
     "DetectionMapToPoints",
@@ -53,7 +54,10 @@ class DetectionMapToPointsd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection = "pred", points_key: str | None = "points", allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection = DetectionKeys.PRED,
+        points_key: str | None = DetectionKeys.POINTS,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.points_key = points_key
@@ -108,7 +112,7 @@ class PointsToDisksd(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "pred",
+        keys: KeysCollection = DetectionKeys.PRED,
         radius_px: float = 8.0,
         points_key: str | None = None,
         allow_missing_keys: bool = False,
@@ -148,7 +152,7 @@ class SaveDetectionsd(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "points",
+        keys: KeysCollection = DetectionKeys.POINTS,
         output_dir: str | os.PathLike = "./eval",
         spacing_um: float = DEFAULT_SPACING_UM,
         settings: Mapping[str, Any] | None = None,
@@ -166,19 +170,19 @@ class SaveDetectionsd(MapTransform):
         self.overlay = bool(overlay)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        from mssn_monai.inference import write_detection_outputs
         from mssn_monai.io import read_image_rgb
+        from mssn_monai.outputs import write_detection_outputs
 
         d = dict(data)
-        path = d.get(f"{self.image_key}_path")
+        path = d.get(path_key(self.image_key))
         if path is None:
-            raise KeyError(f"SaveDetectionsd needs '{self.image_key}_path' (the image file) in the data.")
+            raise KeyError(f"SaveDetectionsd needs '{path_key(self.image_key)}' (the image file) in the data.")
         path = Path(str(path))
         shape = tuple(np.shape(d[self.image_key])[-2:])
         settings = {**(self.detector.settings() if self.detector is not None else {}), **self.settings}
         for key in self.key_iterator(d):
             image = read_image_rgb(path) if self.overlay else None
-            result = {"detections": np.asarray(d[key], dtype=np.float64).reshape(-1, 3)}
+            result = {DetectionKeys.DETECTIONS: np.asarray(d[key], dtype=np.float64).reshape(-1, 3)}
             d[f"{key}_summary"] = write_detection_outputs(
                 self.output_dir / path.stem, image, result, self.spacing_um, settings, self.overlay, size=shape
             )

@@ -11,6 +11,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from mssn_monai.io import read_image_rgb
+from mssn_monai.keys import DatalistKeys, path_key
+from mssn_monai.ops.intensity import hwc_to_chw_float
 
 __all__ = ["LoadRGB", "LoadRGBd"]
 
@@ -23,7 +25,7 @@ class LoadRGB(Transform):
 
     def __call__(self, path: str) -> torch.Tensor:
         image = read_image_rgb(path)
-        return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0).contiguous()
+        return hwc_to_chw_float(image)
 
 
 class LoadRGBd(MapTransform):
@@ -40,8 +42,8 @@ class LoadRGBd(MapTransform):
 
     def __init__(
         self,
-        keys: KeysCollection = "image",
-        point_keys: Sequence[str] = ("mitoses", "mimics"),
+        keys: KeysCollection = DatalistKeys.IMAGE,
+        point_keys: Sequence[str] = (DatalistKeys.MITOSES, DatalistKeys.MIMICS),
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -51,7 +53,7 @@ class LoadRGBd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
-            d[f"{key}_path"] = str(d[key])
+            d[path_key(key)] = str(d[key])
             d[key] = self.loader(d[key])
         for key in self.point_keys:
             d[key] = np.asarray(d.get(key, []), dtype=np.float32).reshape(-1, 2)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mssn_monai.data.datalist import DatalistKeys
+from mssn_monai.keys import DatalistKeys
 
 __all__ = [
     "CsvRow",

@@ -31,7 +31,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mssn_monai.data.datalist import DatalistKeys
 from mssn_monai.data.formats._common import (
     check_point,
     check_root,
@@ -41,6 +40,7 @@ from mssn_monai.data.formats._common import (
     reject_annotations,
 )
 from mssn_monai.io import image_size
+from mssn_monai.keys import DatalistKeys
 
 __all__ = ["MITOS_ATYPIA14_SPACING_UM", "read_mitos_atypia14"]
 

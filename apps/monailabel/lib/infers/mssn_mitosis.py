@@ -68,7 +68,7 @@ class MSSNMitosis(BundleInferTask):
         self._config.update(
             {
                 "label_colors": self.label_colors,
-                # models/ also holds the stage checkpoints (fnr.pt, fpr.pt, ...): only model.pt is the detector
+                # models/ may also hold training checkpoints (fnr_train_*.pt, ...): only model.pt is the detector
                 "model_filename": ["model.pt"],
                 "disc_radius_px": self.disc_radius_px,
             }

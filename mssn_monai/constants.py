@@ -1,0 +1,48 @@
+"""The detector's defaults, each stated once: configs, CLI defaults and docs read them from here.
+
+Distances that matter clinically are in micrometres and converted once with each image's spacing
+(um/px); pixel distances are named ``_PX``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "DEFAULT_SPACING_UM",
+    "APERIO_SPACING_UM",
+    "MATCH_RADIUS_UM",
+    "PEAK_SPACING_UM",
+    "CANDIDATE_THRESHOLD",
+    "VOTE_RADIUS_PX",
+    "TILE_PX",
+    "MODEL_FILE",
+    "TORCHSCRIPT_FILE",
+]
+
+DEFAULT_SPACING_UM: Final[float] = 0.2456
+"""Pixel spacing in um/px assumed when an image gives none (40x Aperio, ICPR 2012)."""
+
+APERIO_SPACING_UM: Final[float] = 0.2455
+"""Spacing of MITOS-ATYPIA-14's Aperio x40 frames, which the synthetic generator renders at."""
+
+MATCH_RADIUS_UM: Final[float] = 8.0
+"""A detection within this distance of a mitosis matches it (the challenges' 8 um rule)."""
+
+PEAK_SPACING_UM: Final[float] = 4.0
+"""No two stage-1 candidates are closer than this (local-maximum suppression)."""
+
+CANDIDATE_THRESHOLD: Final[float] = 0.5
+"""Minimum fused stage-1 probability of a candidate."""
+
+VOTE_RADIUS_PX: Final[float] = 2.0
+"""Stage 2 votes over the patches centred within this many pixels of a candidate (the paper's 2 px)."""
+
+TILE_PX: Final[int] = 2048
+"""Stage-1 tile side in output pixels: bounds the detector's memory on large regions."""
+
+MODEL_FILE: Final[str] = "model.pt"
+"""The bundle's one weight file (``models/model.pt``: both stages, the reference bank, the calibration)."""
+
+TORCHSCRIPT_FILE: Final[str] = "model.ts"
+"""``ckpt_export``'s TorchScript export of :data:`MODEL_FILE`."""
