@@ -44,8 +44,15 @@ def synth(
         spacing: pixel spacing in um/px (0.2455 = the Aperio x40 frames of MITOS-ATYPIA-14, which
             ``prepare --format mitos-atypia-14`` assumes by default).
         frames_per_slide: fields per synthetic slide (a slide shares its stain and tissue look).
-        style: ``default``, or ``shifted`` for another lab's and scanner's look (stain hues and amounts
-            outside the default range, tone curve, blur, noise, JPEG): a domain-shift test set.
+        style: the look of every slide, one of ``default``, ``shifted``, ``pale``, ``dark``, ``magenta``,
+            ``faded`` or ``random`` (``mssn_monai.data.synthetic.STYLES``). ``default`` is the classic
+            look; ``shifted`` another lab's and scanner's (stain hues and amounts outside the default
+            range, tone curve, blur, noise, JPEG); ``pale`` (weak hematoxylin, bluish eosin, sharp
+            scanner, sparse small cells and figures), ``dark`` (strong purple stain, heavy blur and JPEG,
+            dense large nuclei, large figures), ``magenta`` (warm red-magenta lab, fibrous stroma, many
+            atypical figures) and ``faded`` (greyish archival stain, low contrast, noise) differ in
+            stain, scanner and morphology, for leave-one-style-out tests; ``random`` draws each slide
+            afresh from the whole family. The ranges are listed in ``mssn_monai/data/synthetic.py``.
     """
     from mssn_monai.data.synthetic import generate_dataset
 
