@@ -390,7 +390,7 @@ ARG_LIMITS = {
         "seed": "[0, inf)",
         "spacing": "(0, inf)",
         "frames_per_slide": "[1, inf)",
-        "style": ("default", "shifted"),
+        "style": ("default", "shifted", "pale", "dark", "magenta", "faded", "random"),
     },
     "prepare": {
         "format": ("icpr2012", "mitos-atypia-14", "tupac16", "midog"),

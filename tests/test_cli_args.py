@@ -130,9 +130,11 @@ def test_valid_command_lines_pass(argv):
 
 def test_limits_table_matches_the_library():
     from mssn_monai.data.prepare import FORMATS
+    from mssn_monai.data.synthetic import STYLES
     from mssn_monai.metrics import MatchingMethod
 
     assert tuple(ARG_LIMITS["prepare"]["format"]) == tuple(FORMATS)
+    assert tuple(ARG_LIMITS["synth"]["style"]) == tuple(STYLES)
     assert {m.value for m in MatchingMethod} == set(ARG_LIMITS["evaluate"]["matching"])
     for command, limits in ARG_LIMITS.items():
         names = set(COMMANDS[command].__code__.co_varnames[: COMMANDS[command].__code__.co_argcount])

@@ -101,6 +101,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from mssn_monai.constants import APERIO_SPACING_UM
 from mssn_monai.io import atomic_write, write_image
 
 __all__ = [
@@ -602,13 +603,13 @@ class SyntheticField:
     mimics: np.ndarray
     mitosis_phases: list[str] = field(default_factory=list)
     mimic_kinds: list[str] = field(default_factory=list)
-    spacing: float = 0.2455
+    spacing: float = APERIO_SPACING_UM
 
 
 def generate_field(
     size: tuple[int, int] = (1024, 1024),
     seed: int | np.random.Generator = 0,
-    spacing: float = 0.2455,
+    spacing: float = APERIO_SPACING_UM,
     style: StainStyle | str | None = None,
     mitosis_rate: float = 2.5,
 ) -> SyntheticField:
@@ -645,7 +646,7 @@ def generate_dataset(
     n_images: int = 8,
     size: tuple[int, int] = (1024, 1024),
     seed: int = 0,
-    spacing: float = 0.2455,
+    spacing: float = APERIO_SPACING_UM,
     frames_per_slide: int = 4,
     split_name: str = "Training Aperio",
     style: str = "default",
@@ -810,7 +811,7 @@ class _FieldPainter:
     # ---- tissue ---------------------------------------------------------------------------
     def paint(self, style: StainStyle, mitosis_rate: float) -> SyntheticField:
         rng, m = self.rng, self.m
-        scale = (self.w * self.h) / (1024.0 * 1024.0) * (0.2455 * self.px) ** -2
+        scale = (self.w * self.h) / (1024.0 * 1024.0) * (APERIO_SPACING_UM * self.px) ** -2
         tissue = _smooth_field(rng, (self.h, self.w), cells=rng.uniform(*m.tissue_cells))
         white_frac = rng.uniform(*m.white_frac)
         thr = np.quantile(tissue, white_frac) if white_frac > 0.02 else -1.0
