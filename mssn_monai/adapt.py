@@ -1,0 +1,407 @@
+"""``adapt``: teach a trained bundle a new lab's look from a few labelled fields.
+
+Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detector.FieldDetector`):
+
+1. **Fine-tune** (``epochs > 0``): a short run of both stages from the current weights on patches of
+   the new fields, with up to ``replay_fields`` fields of the original look mixed in (``replay``) so
+   the old look is not forgotten. The new fields' stage-1 false positives are mined first and join
+   the hard mimics. Ignite ``SupervisedTrainer``s with the bundle's own losses and augmentation
+   (``augmentation`` of ``configs/train.json``); GPU when present, else CPU; a progress bar.
+2. **Reference bank** (no gradient step): embeddings of the new fields' mitoses (with their eight
+   flips and rotations), annotated mimics, stage-1 false positives and background join the bank, a few
+   k-means centres per class. This is why a metric-learning stage 2 suits a new lab: a new look can be
+   added without training.
+3. **Calibration and thresholds**, refitted on the new fields' candidates: the stage-1 candidate
+   threshold (the highest of ``CANDIDATE_THRESHOLDS`` that still finds every labelled mitosis), the
+   Platt calibration of the vote, and the operating threshold, chosen leave-one-field-out (for each
+   field the F1-best threshold on the others; the median of those) so that one or two fields cannot
+   pull it to their own extremes.
+
+The adapted bundle is written as a whole to a temporary folder beside ``out`` and renamed onto it at
+the end, so an error leaves nothing behind: ``configs/`` (the source bundle's, with the new candidate
+threshold), ``models/model.pt``, ``models/model.ts``, ``docs/``, and ``adapt_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mssn_monai.constants import MATCH_RADIUS_UM, MODEL_FILE, TORCHSCRIPT_FILE
+from mssn_monai.io import read_image_rgb
+from mssn_monai.keys import DatalistKeys, DetectionKeys, PatchClass
+
+__all__ = ["CANDIDATE_THRESHOLDS", "adapt_bundle", "leave_one_field_out_threshold"]
+
+logger = logging.getLogger(__name__)
+
+CANDIDATE_THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
+"""Stage-1 thresholds ``adapt`` may choose, tried from the highest down."""
+
+
+def leave_one_field_out_threshold(
+    gts: Sequence[np.ndarray], dets: Sequence[np.ndarray], radii: Sequence[float]
+) -> tuple[float, float]:
+    """Operating threshold chosen leave-one-field-out, and the F1 that choice earns on the held-out fields.
+
+    For each field, the F1-best threshold (the lowest among equals, then the middle of the gap below it)
+    on all the other fields; the result is the median of those thresholds. The returned F1 scores
+    every field at its own fold's threshold (micro over fields): an honest estimate, since no field
+    chose its own threshold. With one field there is nothing to hold out: its own best threshold.
+
+    Args:
+        gts: per field, ``(N_i, 2)`` ground-truth mitoses in pixels.
+        dets: per field, ``(M_i, 3)`` voted candidates ``x, y, calibrated probability``.
+        radii: per field, the match radius in pixels.
+
+    Returns:
+        ``(threshold, held_out_f1)``.
+    """
+    from mssn_monai.handlers import gap_midpoint
+    from mssn_monai.metrics import (
+        best_threshold,
+        detection_counts,
+        prf_arrays,
+        select_thresholds,
+        sum_counts,
+        sweep_counts,
+    )
+
+    def fit(idx: Sequence[int]) -> float:
+        scores = np.concatenate([dets[i][:, 2] for i in idx]) if idx else np.zeros(0)
+        thresholds = select_thresholds(scores)
+        if len(thresholds) == 0:
+            return 0.0
+        sub_g, sub_d, sub_r = [gts[i] for i in idx], [dets[i] for i in idx], [radii[i] for i in idx]
+        best, _ = best_threshold(thresholds, prf_arrays(*sweep_counts(sub_g, sub_d, sub_r, thresholds))[2])
+        return gap_midpoint(scores, best) if best is not None else 0.0
+
+    n = len(gts)
+    if n < 2:
+        t = fit(list(range(n)))
+        return t, float("nan")
+    folds = [fit([j for j in range(n) if j != i]) for i in range(n)]
+    counts = sum_counts(
+        detection_counts(gts[i], dets[i][dets[i][:, 2] >= folds[i], :2], radii[i]) for i in range(n)
+    )
+    return float(np.median(folds)), float(prf_arrays(*counts)[2])
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
+
+
+def _records(datalist: str | os.PathLike, section: str) -> list[dict[str, Any]]:
+    from mssn_monai.data.datalist import load_datalist
+
+    records = list(load_datalist(datalist, section))
+    if not records:
+        raise ValueError(f"{datalist}: section {section!r} holds no fields to adapt on")
+    if sum(len(r.get(DatalistKeys.MITOSES, [])) for r in records) == 0:
+        raise ValueError(f"{datalist}: section {section!r} has no labelled mitoses; adapt needs at least one")
+    for r in records:
+        if not Path(r[DatalistKeys.IMAGE]).is_file():
+            raise FileNotFoundError(f"{datalist}: image {r[DatalistKeys.IMAGE]} not found")
+    return records
+
+
+def _dihedral(patches: torch.Tensor) -> torch.Tensor:
+    """The eight flips and 90-degree rotations of ``(N, C, P, P)`` patches: ``(8 N, C, P, P)``."""
+    views = [torch.rot90(patches, k, dims=(-2, -1)) for k in range(4)]
+    return torch.cat(views + [v.flip(-1) for v in views])
+
+
+def _bank_embeddings(
+    fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]], seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings and classes of the new fields' mitoses (x8 views), mimics, stage-1 FPs and background."""
+    from mssn_monai.handlers import false_positive_points
+    from mssn_monai.ops.patches import extract_patches
+
+    fpr = fields.detector.fpr
+    size = int(fpr.patch_size)
+    rng = np.random.default_rng(seed)
+    embeddings, classes = [], []
+    with torch.inference_mode():
+        for image, rec in zip(images, records, strict=True):
+            spacing = float(rec[DatalistKeys.SPACING])
+            gt = np.asarray(rec.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2)
+            mimics = np.asarray(rec.get(DatalistKeys.MIMICS, []), dtype=np.float64).reshape(-1, 2)
+            fps = false_positive_points(fields.candidates(image, spacing), gt, MATCH_RADIUS_UM / spacing)
+            field = fields.prepare(image)
+            h, w = field.shape[-2:]
+            bg = rng.uniform([0, 0], [w, h], size=(16, 2))
+            if len(gt):
+                d = np.hypot(bg[:, None, 0] - gt[None, :, 0], bg[:, None, 1] - gt[None, :, 1]).min(1)
+                bg = bg[d > MATCH_RADIUS_UM / spacing]
+            for pts, cls, views in (
+                (gt, PatchClass.MITOSIS, True),
+                (np.concatenate([mimics, fps]), PatchClass.MIMIC, False),
+                (bg, PatchClass.BACKGROUND, False),
+            ):
+                if len(pts) == 0:
+                    continue
+                patches = extract_patches(field, pts, size)
+                if views:
+                    patches = _dihedral(patches)
+                embeddings.append(fpr.embed(patches))
+                classes.append(torch.full((len(patches),), int(cls), dtype=torch.long, device=patches.device))
+    return torch.cat(embeddings), torch.cat(classes)
+
+
+def _fine_tune(
+    fields: Any,
+    records: Sequence[dict[str, Any]],
+    train_config: Any,
+    epochs: int,
+    samples_per_epoch: int,
+    device: torch.device,
+    seed: int,
+) -> dict[str, float]:
+    """Short Ignite runs of stage 1 then stage 2 on ``records``; returns seconds per stage."""
+    from ignite.handlers import ProgressBar
+    from monai.engines import SupervisedTrainer
+    from monai.inferers import SimpleInferer
+    from monai.transforms import Compose
+
+    from mssn_monai.data.patches import PatchSampleDataset
+    from mssn_monai.distributed import MethodAsForward
+    from mssn_monai.engines import PrepareBatchClass
+    from mssn_monai.handlers import EpochSetter, HardNegativeMiner
+    from mssn_monai.losses import MarginContrastiveLoss, MultiScaleBCELoss
+
+    detector = fields.detector
+    augment = Compose(train_config.get_parsed_content("augmentation"))
+    common = {"data": records, "field_transform": fields.normalizer, "transform": augment, "seed": seed}
+    stage1 = PatchSampleDataset(
+        patch_size=120, samples_per_epoch=samples_per_epoch, positive_fraction=0.5, mimic_fraction=0.25, **common
+    )
+    stage2 = PatchSampleDataset(
+        patch_size=int(detector.fpr.patch_size),
+        samples_per_epoch=samples_per_epoch,
+        positive_fraction=0.34,
+        mimic_fraction=0.33,
+        **common,
+    )
+    HardNegativeMiner(detector, [stage1, stage2], fields.normalizer).mine()
+    seconds = {}
+    plans = (
+        ("fine-tune stage 1", detector.fnr, stage1, MultiScaleBCELoss(), 32, None),
+        ("fine-tune stage 2", detector.fpr, stage2, MarginContrastiveLoss(margin=1.0, binary=True), 64, "fpr"),
+    )
+    for name, network, dataset, loss, batch_size, kind in plans:
+        t0 = time.perf_counter()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+        extra = {"prepare_batch": PrepareBatchClass()} if kind == "fpr" else {}
+        trainer = SupervisedTrainer(
+            device=device,
+            max_epochs=epochs,
+            train_data_loader=loader,
+            network=network if kind == "fpr" else MethodAsForward(network, "classify_patches"),
+            optimizer=torch.optim.AdamW(network.parameters(), lr=2e-4, weight_decay=1e-4),
+            loss_function=loss,
+            inferer=SimpleInferer(),
+            train_handlers=[EpochSetter(dataset)],
+            amp=device.type == "cuda",
+            **extra,
+        )
+        ProgressBar(persist=False, desc=name).attach(trainer)
+        trainer.run()
+        network.eval()
+        seconds[name] = time.perf_counter() - t0
+    return seconds
+
+
+def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> float:
+    """The highest of :data:`CANDIDATE_THRESHOLDS` at which stage 1 finds every labelled mitosis of the fields
+    (the lowest when none does)."""
+    from mssn_monai.ops.matching import match_points
+
+    detector = fields.detector
+    original = float(detector.candidate_threshold)
+    try:
+        for t in CANDIDATE_THRESHOLDS:
+            detector.candidate_threshold = float(t)
+            missed = 0
+            for image, rec in zip(images, records, strict=True):
+                spacing = float(rec[DatalistKeys.SPACING])
+                gt = np.asarray(rec.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2)
+                cand = fields.candidates(image, spacing)
+                missed += len(gt) - len(match_points(gt, cand[:, :2], MATCH_RADIUS_UM / spacing).gt_idx)
+            if missed == 0:
+                return float(t)
+        return float(CANDIDATE_THRESHOLDS[-1])
+    finally:
+        detector.candidate_threshold = original
+
+
+def _calibrate(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Refit the vote's calibration and the operating threshold on the fields (leave-one-field-out)."""
+    from mssn_monai.networks.fpr import fit_calibration
+    from mssn_monai.ops.matching import match_points
+
+    fpr = fields.detector.fpr
+    fpr.set_operating_threshold(0.0)
+    outs, gts, radii = [], [], []
+    for image, rec in zip(images, records, strict=True):
+        spacing = float(rec[DatalistKeys.SPACING])
+        outs.append(fields(image, spacing))
+        gts.append(np.asarray(rec.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2))
+        radii.append(MATCH_RADIUS_UM / spacing)
+    labels = []
+    for out, gt, r in zip(outs, gts, radii, strict=True):
+        lab = np.zeros(len(out[DetectionKeys.CANDIDATES]))
+        lab[match_points(gt, out[DetectionKeys.CANDIDATES][:, :2], r).det_idx] = 1.0
+        labels.append(lab)
+    votes = torch.as_tensor(np.concatenate([o[DetectionKeys.VOTES] for o in outs]), dtype=torch.float32)
+    target = torch.as_tensor(np.concatenate(labels), dtype=torch.float32)
+    if len(votes) and 0 < float(target.sum()) < len(target):
+        a, b = fit_calibration(votes, target)
+        fpr.set_calibration(float(a), float(b))
+    voted = []
+    for out in outs:
+        keep = out[DetectionKeys.VOTED]
+        p = fpr.calibrated_score(torch.as_tensor(out[DetectionKeys.VOTES])).cpu().numpy()
+        voted.append(np.column_stack([out[DetectionKeys.CANDIDATES][keep, :2], p[keep]]).reshape(-1, 3))
+    threshold, held_out_f1 = leave_one_field_out_threshold(gts, voted, radii)
+    fpr.set_operating_threshold(threshold)
+    a, b = (float(v) for v in fpr.calibration)
+    return {"calibration_a": a, "calibration_b": b, "operating_threshold": threshold, "held_out_f1": held_out_f1}
+
+
+def _write_bundle(src: Path, dst: Path, detector: torch.nn.Module, candidate_threshold: float, report: dict) -> None:
+    """Copy ``src``'s configs and docs to ``dst`` with the new candidate threshold, and the new weights."""
+    from mssn_monai.checkpoints import save_state_dict
+    from mssn_monai.io import write_json
+
+    shutil.copytree(src / "configs", dst / "configs")
+    if (src / "docs").is_dir():
+        shutil.copytree(src / "docs", dst / "docs")
+    if (src / "LICENSE").is_file():
+        shutil.copy2(src / "LICENSE", dst / "LICENSE")
+    for name in ("inference.json", "train.json"):
+        path = dst / "configs" / name
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if "candidate_threshold" in config:
+                config["candidate_threshold"] = candidate_threshold
+            write_json(path, config, indent=4)
+    (dst / "models").mkdir()
+    detector = detector.cpu().eval()
+    save_state_dict(detector, dst / "models" / MODEL_FILE)
+    extra = {"metadata.json": (dst / "configs" / "metadata.json").read_text(encoding="utf-8")}
+    torch.jit.save(torch.jit.script(detector), str(dst / "models" / TORCHSCRIPT_FILE), _extra_files=extra)
+    write_json(dst / "adapt_report.json", report)
+
+
+def adapt_bundle(
+    datalist: str | os.PathLike,
+    out: str | os.PathLike,
+    bundle: str | os.PathLike | None = None,
+    section: str = "training",
+    epochs: int = 2,
+    replay: str | os.PathLike | None = None,
+    replay_fields: int = 8,
+    samples_per_epoch: int = 1024,
+    per_class: int = 8,
+    overwrite: bool = False,
+    device: str | torch.device | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Adapt a bundle to a new look from a few labelled fields and write the adapted bundle at ``out``.
+
+    Args:
+        datalist: datalist of the new fields (records with ``mitoses`` and, where present, ``mimics``).
+        out: the adapted bundle's folder (must be absent or empty unless ``overwrite``).
+        bundle: the bundle to start from (default: this checkout's ``bundle``).
+        section: the datalist section holding the labelled fields.
+        epochs: fine-tuning epochs of each stage (0: reference bank and calibration only, no gradient step).
+        replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.
+        replay_fields: at most this many replay fields (the first ones) are mixed in.
+        samples_per_epoch: patches per fine-tuning epoch and stage.
+        per_class: references added per class from the new fields.
+        overwrite: replace an existing non-empty ``out``.
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+        seed: seed of patch sampling and of the reference k-means.
+
+    Returns:
+        the report written to ``out/adapt_report.json``.
+
+    Raises:
+        FileExistsError: ``out`` is not empty and ``overwrite`` is false.
+        FileNotFoundError: missing datalist, image or bundle weights.
+        ValueError: no fields or no labelled mitosis; weights that do not load.
+    """
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_detector
+    from mssn_monai.data.datalist import load_datalist
+    from mssn_monai.networks.fpr import build_reference_bank
+
+    t_start = time.perf_counter()
+    out, src = Path(out), Path(bundle) if bundle is not None else DEFAULT_BUNDLE
+    _check_out(out, overwrite)
+    if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
+        raise ValueError(f"--epochs must be an integer >= 0, got {epochs!r}")
+    records = _records(datalist, section)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fields = load_detector(src, device)
+    images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in records]  # every image readable before any work
+    report: dict[str, Any] = {
+        "source_bundle": str(src),
+        "datalist": str(datalist),
+        "fields": len(records),
+        "mitoses": sum(len(r.get(DatalistKeys.MITOSES, [])) for r in records),
+        "epochs": int(epochs),
+    }
+    seed_everything = torch.manual_seed(seed)  # noqa: F841 - fine-tuning and k-means draws repeat per seed
+    old_refs = fields.detector.fpr.references.clone(), fields.detector.fpr.reference_classes.clone()
+    replay_records: list[dict[str, Any]] = []
+    if replay is not None:
+        replay_records = list(load_datalist(replay, "training"))[: int(replay_fields)]
+    if epochs > 0:
+        train_config = bundle_config(src / "configs" / "train.json")
+        report["seconds_fine_tune"] = _fine_tune(
+            fields, records + replay_records, train_config, int(epochs), int(samples_per_epoch), device, seed
+        )
+    new_emb, new_cls = _bank_embeddings(fields, images, records, seed)
+    refs, cls = build_reference_bank(new_emb, new_cls, per_class, normalize=fields.detector.fpr.normalize, seed=seed)
+    if epochs > 0 and replay_records:  # the old references were embedded by the old weights: re-embed the old look
+        replay_images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in replay_records]
+        emb, c = _bank_embeddings(fields, replay_images, replay_records, seed)
+        old_refs = build_reference_bank(emb, c, per_class, normalize=fields.detector.fpr.normalize, seed=seed)
+    elif epochs > 0:
+        old_refs = (refs[:0], cls[:0])
+    fields.detector.fpr.set_references(torch.cat([old_refs[0].to(refs), refs]), torch.cat([old_refs[1].to(cls), cls]))
+    report["references"] = int(fields.detector.fpr.references.shape[0])
+    candidate_threshold = _candidate_threshold(fields, images, records)
+    fields.detector.candidate_threshold = candidate_threshold
+    report["candidate_threshold"] = candidate_threshold
+    report.update(_calibrate(fields, images, records))
+    report["seconds"] = time.perf_counter() - t_start
+    report["note"] = "adapted from weights trained on synthetic data only unless the source bundle was retrained"
+    report = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_bundle(src, tmp, fields.detector, candidate_threshold, report)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("adapted bundle written to %s: %s", out, report)
+    return report
