@@ -48,7 +48,7 @@ def test_inference_and_train_configs_agree():
         assert train[key] == infer[key], key
     for key in ("target_stains", "target_max_concentrations", "target_white"):
         assert train["stain_normalization"][key] == infer["stain_normalization"][key], key
-    assert train["fnr_def"]["sub_models"] == infer["network_def"]["fnr"]["sub_models"]
+    assert train["network_def"]["fnr"]["sub_models"] == infer["network_def"]["fnr"]["sub_models"]
     assert train["fpr_patch_size"] == infer["network_def"]["fpr"]["patch_size"]
     assert train["contrastive_margin"] == infer["network_def"]["fpr"]["margin"]
     a = train.get_parsed_content("network_def").state_dict()
@@ -177,11 +177,11 @@ def test_package_bundle_runs_standalone(tmp_path):
 @pytest.mark.slow
 def test_shipped_weights_on_shipped_samples():
     """The README's main job: F1 >= 0.85 on the 8 shipped synthetic sample fields (34 mitoses)."""
-    from mssn_monai.inference import TwoStageDetector
-    from mssn_monai.metrics import evaluate_predictions
+    from mssn_monai.checkpoints import load_detector
+    from mssn_monai.evaluation import evaluate_predictions
 
     datalist = BUNDLE / "samples" / "datalist.json"
-    detector = TwoStageDetector.from_bundle()
+    detector = load_detector()
     pred = {
         Path(rec["image"]).stem: detector(read_image_rgb(rec["image"]), rec["spacing"])["detections"]
         for rec in load_datalist(datalist, "testing")

@@ -63,17 +63,23 @@ def test_detect_bad_input(tmp_path):
 
 
 def test_bundle_stain_normalisation_maps_a_shifted_field_towards_training_colours():
+    """FieldDetector.prepare (what detect, candidates and training feed the detector) with the bundle's normaliser."""
+    import torch
+
     from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, stain_normalizer
     from mssn_monai.data.synthetic import StainStyle
-    from mssn_monai.inference import normalize_field
+    from mssn_monai.networks import FieldDetector, MSSNDetector, MultiScaleFNR, SiameseEmbedding
+    from mssn_monai.ops.intensity import hwc_to_chw_float, to_uint8
 
     normalizer = stain_normalizer(bundle_config(DEFAULT_BUNDLE / "configs" / "train.json"))
     assert normalizer is not None
+    detector = MSSNDetector(MultiScaleFNR(stem_channels=(4, 4), head_channels=4, features=3), SiameseEmbedding())
     train_look = generate_field((256, 256), seed=5).image
     shifted = generate_field((256, 256), seed=5, style=StainStyle.shifted(np.random.default_rng(1))).image
-    assert normalize_field(None, shifted) is shifted
-    out = normalize_field(normalizer, shifted)
-    assert out.shape == shifted.shape and out.dtype == np.uint8
+    assert torch.equal(FieldDetector(detector).prepare(shifted), hwc_to_chw_float(shifted))  # no normaliser: as is
+    field = FieldDetector(detector, normalizer).prepare(shifted)
+    assert field.shape == (3, 256, 256) and field.dtype == torch.float32
+    out = to_uint8(field).permute(1, 2, 0).numpy()
 
     def gap(a):
         return np.abs(a.reshape(-1, 3).mean(0) - train_look.reshape(-1, 3).mean(0)).sum()

@@ -8,8 +8,9 @@ import torch
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
 
-from mssn_monai.data.patches import PatchClass, PatchKeys, PatchSampleDataset
+from mssn_monai.data.patches import PatchSampleDataset
 from mssn_monai.io import write_image
+from mssn_monai.keys import PatchClass, PatchKeys
 from mssn_monai.transforms import RandHEStainJitterd
 
 SPACING = 0.25  # um/px: exclusion 8 um = 32 px

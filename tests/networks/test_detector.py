@@ -1,4 +1,5 @@
-"""MSSNDetector: shape contract, TorchScript, tiles and seams, agreement with the stage-level pieces."""
+"""MSSNDetector: shape contract, TorchScript, tiles and seams, agreement with the stage-level pieces,
+and its numpy face FieldDetector."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import torch
 
 from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_network
 from mssn_monai.data.datalist import load_datalist
-from mssn_monai.inference import fnr_candidates
 from mssn_monai.io import read_image_rgb
-from mssn_monai.networks.detector import MSSNDetector, detection_map_to_points
+from mssn_monai.keys import DetectionKeys
+from mssn_monai.networks.detector import FieldDetector, MSSNDetector, detection_map_to_points
 from mssn_monai.networks.fnr import MultiScaleFNR
 from mssn_monai.networks.fpr import SiameseEmbedding
+from mssn_monai.ops.peaks import find_peaks
 
 CONFIG = DEFAULT_BUNDLE / "configs" / "inference.json"
 SAMPLES = DEFAULT_BUNDLE / "samples" / "datalist.json"
@@ -75,11 +77,47 @@ def test_detection_map_round_trip():
 
 
 def test_candidates_equal_stage_one_numpy_path(shipped, sample):
+    """detect's candidates = candidates() = the numpy peak finder on the whole-image fused map."""
     image, _ = sample
+    x = _chw(image)
     with torch.no_grad():
-        res = shipped.detect(_chw(image), 0.2455)
-    ref = fnr_candidates(shipped.fnr, image, 0.2455, shipped.candidate_threshold, shipped.min_distance_um)
+        res = shipped.detect(x, 0.2455)
+        alone = shipped.candidates(x, 0.2455)
+        whole = shipped.fnr(x.unsqueeze(0))["fused"][0, 0].numpy()  # untiled
+    ref = find_peaks(whole, shipped.candidate_threshold, shipped.min_distance_um / 0.2455, stride=4)
+    assert torch.equal(res["candidates"], alone)
     np.testing.assert_allclose(res["candidates"].double().numpy(), ref, atol=1e-6)
+    assert len(ref) > 0
+
+
+def test_stage1_maps_shapes_and_fused_is_max(shipped):
+    x = torch.rand(3, 37, 130, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maps = shipped.stage1_maps(x)
+        whole = shipped.fnr(x.unsqueeze(0))
+    assert set(maps) == set(whole) and "fused" in maps
+    for name, m in maps.items():
+        assert m.shape == (10, 33) and m.dtype == torch.float32, name
+        torch.testing.assert_close(m, whole[name][0, 0], atol=1e-5, rtol=0)
+    subs = torch.stack([m for name, m in maps.items() if name != "fused"])
+    assert torch.equal(maps["fused"], subs.amax(0))
+
+
+def test_peaks_of_a_map_follow_threshold_distance_and_spacing():
+    det = MSSNDetector(MultiScaleFNR(), SiameseEmbedding(), candidate_threshold=0.5, min_distance_um=4.0)
+    m = torch.zeros(10, 12)
+    m[2, 3], m[2, 6], m[7, 9], m[5, 1] = 0.9, 0.8, 0.7, 0.4  # (2, 6) is 12 px from (2, 3); 0.4 < threshold
+    far = det.peaks(m, 0.25)  # 4 um = 16 px: the 0.8 peak is too close to the 0.9 one
+    assert far.dtype == m.dtype  # find_peaks_torch keeps a float map's dtype
+    np.testing.assert_allclose(far.numpy(), [[12.0, 8.0, 0.9], [36.0, 28.0, 0.7]], rtol=1e-6)
+    near = det.peaks(m, 1.0)  # 4 um = 4 px: both kept, by descending probability
+    np.testing.assert_allclose(near.numpy(), [[12.0, 8.0, 0.9], [24.0, 8.0, 0.8], [36.0, 28.0, 0.7]], rtol=1e-6)
+    for spacing in (0.25, 1.0):
+        np.testing.assert_array_equal(
+            det.peaks(m, spacing).numpy(), find_peaks(m.numpy(), 0.5, 4.0 / spacing, stride=4)
+        )
+    with pytest.raises(ValueError, match="spacing_um"):
+        det.peaks(m, 0.0)
 
 
 def test_forward_map_holds_the_detections(shipped, sample):
@@ -136,3 +174,48 @@ def test_mitoses_on_tile_seams_are_reported_once(shipped, sample):
         assert torch.equal(a["keep"], b["keep"])
         near = np.hypot(b["candidates"][:, 0].numpy() + x0 - mx, b["candidates"][:, 1].numpy() + y0 - my) < 8 / 0.2455
         assert near.sum() == 1, (mx, my, near.sum())  # found, and exactly once
+
+
+# ---------------------------------------------------------------- FieldDetector, the numpy face
+
+
+def test_field_detector_equals_detect_on_the_tensor(shipped, sample):
+    """uint8 HWC field -> the detector's detect on uint8 / 255, as numpy (float64, bool masks)."""
+    image, _ = sample
+    fields = FieldDetector(shipped)
+    got = fields(image, 0.2455)
+    with torch.no_grad():
+        ref = shipped.detect(_chw(image), 0.2455)
+    assert set(got) == set(ref)
+    for key, value in ref.items():
+        assert got[key].dtype == (np.float64 if value.is_floating_point() else bool), key
+        np.testing.assert_array_equal(got[key], value.numpy(), err_msg=key)
+    np.testing.assert_array_equal(fields.candidates(image, 0.2455), got[DetectionKeys.CANDIDATES])
+    assert fields.settings == {**shipped.settings(), "stain_normalization": False}
+
+
+def test_field_detector_applies_the_normaliser_first_and_restores_the_mode(shipped, sample):
+    image, _ = sample
+    image = image[:200, :200]
+    seen = []
+
+    def darker(field: torch.Tensor) -> torch.Tensor:
+        seen.append(field.clone())
+        return field * 0.9
+
+    fields = FieldDetector(shipped, darker)
+    prepared = fields.prepare(image)
+    torch.testing.assert_close(seen[0], _chw(image), atol=0, rtol=0)
+    torch.testing.assert_close(prepared, _chw(image) * 0.9, atol=0, rtol=0)
+    shipped.train()
+    try:
+        got = fields.candidates(image, 0.2455)
+        assert shipped.training  # given back in the mode it had
+    finally:
+        shipped.eval()
+    with torch.no_grad():
+        ref = shipped.candidates(_chw(image) * 0.9, 0.2455)
+    np.testing.assert_array_equal(got, ref.numpy())
+    assert fields.settings["stain_normalization"] is True
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        fields.prepare(image[..., 0])

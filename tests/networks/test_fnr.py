@@ -14,9 +14,8 @@ from mssn_monai.networks import (
     FNRSubModel,
     MultiScaleFNR,
     conv_receptive_field,
-    extract_patch,
-    pad_symmetric,
 )
+from mssn_monai.ops.patches import extract_patch
 
 ALL = [str(m) for m in FNRSubModel]
 TINY = {"stem_channels": [4, 6], "head_channels": 4, "features": 3}
@@ -250,46 +249,3 @@ def test_training_mode_backward():
     loss = sum(torch.nn.functional.binary_cross_entropy_with_logits(v, torch.ones(4)) for v in logits.values())
     loss.backward()
     assert all(p.grad is not None for p in net.parameters())
-
-
-# ---------------------------------------------------------------- border rule
-
-
-@pytest.mark.parametrize("hw", [(1, 1), (2, 3), (5, 4), (9, 13)])
-@pytest.mark.parametrize("pads", [(0, 0, 0, 0), (1, 2, 3, 0), (7, 11, 13, 5)])
-def test_pad_symmetric_matches_numpy(hw, pads):
-    top, bottom, left, right = pads
-    arr = np.random.default_rng(0).random((2, 3, *hw)).astype(np.float32)
-    ref = np.pad(arr, ((0, 0), (0, 0), (top, bottom), (left, right)), mode="symmetric")
-    np.testing.assert_array_equal(pad_symmetric(arr, *pads), ref)
-    got = pad_symmetric(torch.from_numpy(arr), *pads)
-    np.testing.assert_array_equal(got.numpy(), ref)
-    got_cl = pad_symmetric(torch.from_numpy(arr).contiguous(memory_format=torch.channels_last), *pads)
-    assert got_cl.is_contiguous(memory_format=torch.channels_last)
-    np.testing.assert_array_equal(got_cl.numpy(), ref)
-
-
-def test_pad_symmetric_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"got shape \(5,\)"):
-        pad_symmetric(np.zeros(5), 1, 1, 1, 1)
-    with pytest.raises(ValueError, match=">= 0"):
-        pad_symmetric(np.zeros((2, 2)), -1, 0, 0, 0)
-
-
-def test_extract_patch_follows_the_border_rule():
-    img = np.arange(9).reshape(1, 3, 3)
-    np.testing.assert_array_equal(
-        extract_patch(img, x=0, y=0, size=4)[0],
-        [[4, 3, 3, 4], [1, 0, 0, 1], [1, 0, 0, 1], [4, 3, 3, 4]],
-    )
-    rng = np.random.default_rng(0)
-    big = rng.random((3, 11, 7))
-    padded = np.pad(big, ((0, 0), (60, 60), (60, 60)), mode="symmetric")
-    for x, y, (h, w) in [(0, 0, (120, 120)), (6, 10, (72, 72)), (3, 4, (60, 120)), (5, 1, (7, 5))]:
-        expected = padded[:, 60 + y - h // 2 : 60 + y - h // 2 + h, 60 + x - w // 2 : 60 + x - w // 2 + w]
-        np.testing.assert_array_equal(extract_patch(big, x, y, (h, w)), expected)
-        torch.testing.assert_close(extract_patch(torch.from_numpy(big), x, y, (h, w)), torch.from_numpy(expected))
-    # float centres round to the nearest pixel, halves up
-    np.testing.assert_array_equal(extract_patch(big, 2.5, 3.49, 8), extract_patch(big, 3, 3, 8))
-    with pytest.raises(ValueError, match="positive"):
-        extract_patch(big, 0, 0, 0)

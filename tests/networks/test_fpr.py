@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from mssn_monai.data.patches import PatchClass
+from mssn_monai.keys import PatchClass
 from mssn_monai.networks import (
     DEFAULT_CALIBRATION,
     MITOSIS_CLASS,
@@ -21,6 +22,9 @@ from mssn_monai.networks import (
     fpr_vote,
     vote_offsets,
 )
+from mssn_monai.networks.detector import MSSNDetector
+from mssn_monai.networks.fnr import MultiScaleFNR
+from mssn_monai.ops.patches import extract_patch
 
 TINY = {"channels": [4, 6], "embedding_dim": 8, "patch_size": 32}
 
@@ -214,8 +218,6 @@ def test_similarity_without_references_raises():
     net = SiameseEmbedding(embedding_dim=2)
     with pytest.raises(RuntimeError, match="no references"):
         net.class_similarities(torch.zeros(1, 2))
-    with pytest.raises(RuntimeError, match="no references"):
-        net.score(torch.zeros(0, 13, 3, 96, 96))
     with pytest.raises(ValueError, match=r"\(B, 2\), got \[1, 3\]"):
         _hand_net().class_similarities(torch.zeros(1, 3))
 
@@ -306,24 +308,38 @@ def test_fpr_vote_bad_shapes():
         fpr_vote(torch.zeros(2, 0), torch.zeros(2, 0))
 
 
-def test_score_matches_per_patch_loop():
-    net = _tiny(seed=2, margin=1.5)
+def _voting_detector(net: SiameseEmbedding, vote_radius_px: float) -> MSSNDetector:
+    """The detector around ``net`` (stage 2 only is used by ``vote``)."""
+    fnr = MultiScaleFNR(stem_channels=(4, 4), head_channels=4, features=3)
+    return MSSNDetector(fnr, net, vote_radius_px=vote_radius_px).eval()
+
+
+def test_vote_matches_per_patch_loop():
+    """MSSNDetector.vote (the one stage-2 scorer) = a loop over each candidate's vote patches, chunks included."""
+    net = _tiny(seed=2, margin=1.5, chunk_size=4)
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():
         bank = torch.rand(9, 3, 32, 32, generator=g)
         net.build_references(net(bank), torch.tensor([0, 1, 2] * 3), per_class=2)
     net.set_calibration(3.0, -0.5)
-    n, k = 3, 5
-    patches = torch.cat([bank[:4], torch.rand(n * k - 4, 3, 32, 32, generator=g)]).reshape(n, k, 3, 32, 32)
-    keep, votes, prob = net.score(patches, chunk_size=4)
+    det = _voting_detector(net, vote_radius_px=1.0)  # 5 vote patches per candidate
+    k = int(det.offsets.shape[0])
+    assert k == 5
+    image = torch.rand(3, 40, 50, generator=g)
+    image[:, 4:36, 4:36] = bank[0]  # a reference patch, so some similarities are large
+    cands = torch.tensor([[20.0, 20.0, 0.9], [0.4, 39.6, 0.8], [49.0, 10.5, 0.7]], dtype=torch.float64)
+    n = len(cands)
+    with torch.no_grad():
+        keep, votes, prob = det.vote(image, cands)
     assert keep.shape == votes.shape == prob.shape == (n,) and keep.dtype == torch.bool
 
     total_c = 0.0
     for i in range(n):
+        cx, cy = (int(np.floor(float(v) + 0.5)) for v in cands[i, :2])
         diff = 0.0
-        for j in range(k):
+        for dx, dy in det.offsets.tolist():
             with torch.no_grad():
-                sim = net.class_similarities(net(patches[i, j][None]))[0]
+                sim = net.class_similarities(net(extract_patch(image, cx + dx, cy + dy, 32)[None]))[0]
             c1, c0 = float(sim[1]), max(float(sim[0]), float(sim[2]))
             diff += c1 - c0
             total_c += c1 + c0
@@ -333,15 +349,18 @@ def test_score_matches_per_patch_loop():
     assert total_c > 0  # the similarities were not all zero
 
 
-def test_score_shapes_and_errors():
+def test_vote_shapes_and_untrained_bank():
     net = _tiny()
+    det = _voting_detector(net, vote_radius_px=2.0)
+    image = torch.rand(3, 40, 40)
+    with torch.no_grad():
+        keep, votes, prob = det.vote(image, torch.tensor([[10.0, 10.0, 0.9], [30.0, 20.0, 0.8]]))
+    # no references (untrained FPR): nothing kept, votes 0
+    assert keep.tolist() == [False, False] and votes.tolist() == [0.0, 0.0] and prob.shape == (2,)
     net.set_references(torch.eye(8)[:3], torch.tensor([0, 1, 2]))
-    keep, votes, prob = net.score(torch.rand(0, 13, 3, 32, 32))
-    assert keep.shape == votes.shape == prob.shape == (0,)
-    with pytest.raises(ValueError, match=r"\(N, K, 3, 32, 32\), got \(2, 3, 32, 32\)"):
-        net.score(torch.rand(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="at least one vote patch"):
-        net.score(torch.rand(2, 0, 3, 32, 32))
+    with torch.no_grad():
+        keep, votes, prob = det.vote(image, torch.zeros(0, 3))
+    assert keep.shape == votes.shape == prob.shape == (0,) and keep.dtype == torch.bool
 
 
 # ---------------------------------------------------------------- calibration

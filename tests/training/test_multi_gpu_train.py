@@ -137,17 +137,16 @@ def test_two_process_training_then_resume(tmp_path):
     assert re.search(r"fnr hard negatives [1-9]", summaries["0"]), summaries["0"]
     assert log.count("hard-negative mining round 1") == 2  # stage 1 at epoch 1, stage 2 before training: rank 0 only
     assert "val_candidate_recall" in log and "val_reference_accuracy" in log  # validation on rank 0
-    assert "two-stage detection on 2 held-out fields" in log
+    assert "operating point fitted on 2 held-out fields" in log
 
     models = bundle / "models"
-    load_network(models / "fnr.pt", configs[0])  # strict: plain state dicts, no "module." prefix
-    fpr = load_network(models / "fpr.pt", configs[0], "fpr_def")
-    assert not any(k.startswith("module.") for k in torch.load(models / "fnr.pt", map_location="cpu"))
-    assert len(fpr.references) > 0  # the reference bank built on rank 0 is in the saved weights
+    # the one weight file, rank 0's: strict (a plain state dict, no "module." prefix), with its reference bank
+    detector = load_network(models / "model.pt", configs[0], "network_def")
+    assert not any(k.startswith("module.") for k in torch.load(models / "model.pt", map_location="cpu"))
+    assert len(detector.fpr.references) > 0  # the reference bank built on rank 0 is in the saved weights
+    assert not (models / "fnr.pt").exists() and not (models / "fpr.pt").exists()
     for name in ("fnr_train_checkpoint_epoch=1.pt", "fpr_train_checkpoint_epoch=1.pt"):
         assert (models / name).is_file(), sorted(p.name for p in models.iterdir())
-    if (models / "model.pt").is_file():  # the whole detector, when train.json's run saves it: rank 0's, with its bank
-        assert len(load_network(models / "model.pt", configs[0], "network_def").fpr.references) > 0
 
     second = _run(*command, "--epochs", "2", "--fpr_epochs", "2", cwd=tmp_path, timeout=300)
     log = second.stdout + second.stderr

@@ -1,4 +1,5 @@
-"""End to end: the bundle's train.json trains stage 1 on generated fields, resumes, and feeds `candidates`."""
+"""End to end: the bundle's train.json trains both stages on generated fields into models/model.pt, resumes,
+and feeds `detect` and `candidates`."""
 
 from __future__ import annotations
 
@@ -87,14 +88,14 @@ def test_train_resume_and_candidates(tmp_path):
     assert "val_candidate_recall" in first.stdout + first.stderr
     assert "hard-negative mining round 1" in first.stdout + first.stderr
     assert "val_reference_accuracy" in first.stdout + first.stderr  # stage-2 validation on held-out patches
-    assert "two-stage detection on 2 held-out fields" in first.stdout + first.stderr
-    fpr = load_network(bundle / "models" / "fpr.pt", bundle / "configs" / "train.json", "fpr_def")
+    assert "operating point fitted on 2 held-out fields" in first.stdout + first.stderr
+    model = bundle / "models" / "model.pt"  # the one weight file: the whole detector
+    assert not (bundle / "models" / "fnr.pt").exists() and not (bundle / "models" / "fpr.pt").exists()
+    fpr = load_network(model, bundle / "configs" / "train.json", "network_def").fpr
     assert len(fpr.references) > 0 and set(fpr.reference_classes.tolist()) <= {0, 1, 2}
-    fnr = bundle / "models" / "fnr.pt"
-    assert fnr.is_file()
-    epoch1 = {k: v.clone() for k, v in torch.load(fnr, map_location="cpu").items()}
-    model1 = torch.load(bundle / "models" / "model.pt", map_location="cpu")  # the whole detector
+    model1 = torch.load(model, map_location="cpu")
     assert {k.split(".")[0] for k in model1} == {"fnr", "fpr"}
+    epoch1 = {k: v.clone() for k, v in model1.items() if k.startswith("fnr.")}
 
     # the same seed on CPU gives the same weights: a fresh run into another bundle
     again = tmp_path / "again"
@@ -110,11 +111,11 @@ def test_train_resume_and_candidates(tmp_path):
     log = second.stdout + second.stderr
     assert log.count("Restored all variables") == 2  # both stages resume from their last checkpoints
     assert "Epoch[2] Complete" in log and "Epoch[1] Complete" not in log
-    epoch2 = torch.load(fnr, map_location="cpu")
+    epoch2 = torch.load(model, map_location="cpu")
     assert any(not torch.equal(epoch1[k], epoch2[k]) for k in epoch1)
 
-    detector = load_network(bundle / "models" / "model.pt", bundle / "configs" / "inference.json", "network_def")
-    assert len(detector.fpr.references) > 0
+    detector = load_network(model, bundle / "configs" / "inference.json", "network_def")
+    assert len(detector.fpr.references) > 0 and not detector.training
     _run(
         "-m",
         "mssn_monai",
@@ -129,8 +130,6 @@ def test_train_resume_and_candidates(tmp_path):
     )
     assert len(list((tmp_path / "det").glob("*.geojson"))) == 6
 
-    network = load_network(fnr, bundle / "configs" / "train.json")
-    assert not network.training
     out = tmp_path / "cand"
     _run(
         "-m",
@@ -140,10 +139,8 @@ def test_train_resume_and_candidates(tmp_path):
         str(data),
         "--out",
         str(out),
-        "--checkpoint",
-        str(fnr),
-        "--config",
-        str(bundle / "configs" / "train.json"),
+        "--bundle",
+        str(bundle),
         "--threshold",
         "0.0",
         cwd=tmp_path,

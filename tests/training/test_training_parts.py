@@ -1,17 +1,21 @@
-"""Stage-1 training parts: loss, inferers, batch preparation, metrics, handlers, checkpoints."""
+"""Training parts: loss, inferers, batch preparation, metrics, handlers, checkpoints."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from monai.inferers import SimpleInferer
 
 from mssn_monai.checkpoints import latest_checkpoint, load_state_dict
+from mssn_monai.distributed import MethodAsForward
 from mssn_monai.engines import PrepareBatchPoints
 from mssn_monai.handlers import CandidateRecall, CandidatesPerImage, HardNegativeMiner, false_positive_points
-from mssn_monai.inferers import DenseCandidateInferer, PatchClassificationInferer
+from mssn_monai.inferers import CandidateInferer
 from mssn_monai.losses import MultiScaleBCELoss
+from mssn_monai.networks.detector import MSSNDetector
 from mssn_monai.networks.fnr import MultiScaleFNR
+from mssn_monai.networks.fpr import SiameseEmbedding
 from mssn_monai.transforms.io import LoadRGBd
 
 
@@ -43,29 +47,45 @@ def tiny_fnr():
     return MultiScaleFNR(stem_channels=(4, 8), head_channels=4, features=4).eval()
 
 
+@pytest.fixture(scope="module")
+def tiny_detector(tiny_fnr):
+    """Every stage-1 peak is a candidate (threshold 0), at least 4 um apart."""
+    return MSSNDetector(tiny_fnr, SiameseEmbedding(), candidate_threshold=0.0, min_distance_um=4.0).eval()
+
+
 def test_patch_inferer_returns_logits_per_sub_model(tiny_fnr):
-    out = PatchClassificationInferer()(torch.rand(2, 3, 120, 120), tiny_fnr)
+    """The stage-1 trainer's network: classify_patches as forward (DDP-wrappable), through a SimpleInferer."""
+    x = torch.rand(2, 3, 120, 120)
+    with torch.no_grad():
+        out = SimpleInferer()(x, MethodAsForward(tiny_fnr, "classify_patches"))
+        ref = tiny_fnr.classify_patches(x)
     assert set(out) == {"square72", "square96", "crossbar", "dilated120"}
     assert all(v.shape == (2,) for v in out.values())
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
 
 
-def test_dense_inferer_gives_candidates_per_image(tiny_fnr):
-    inferer = DenseCandidateInferer(threshold=0.0, min_distance_um=4.0, keys=["fused", "square72"])
+def test_candidate_inferer_gives_candidates_per_image(tiny_detector):
+    inferer = CandidateInferer()
+    images = torch.rand(2, 3, 40, 48)
     with torch.no_grad():
-        out = inferer(torch.rand(2, 3, 40, 48), tiny_fnr, spacing=[0.25, 0.5])
-    assert len(out) == 2 and set(out[0]) == {"fused", "square72"}
-    for item, spacing in zip(out, (0.25, 0.5), strict=True):
-        c = item["fused"].numpy()
+        out = inferer(images, tiny_detector, spacing=[0.25, 0.5])
+    assert isinstance(out, list) and len(out) == 2
+    for item, image, spacing in zip(out, images, (0.25, 0.5), strict=True):
+        c = item.numpy()
         assert c.shape[1] == 3 and len(c) >= 1
         assert np.all(c[:, 0] % 4 == 0) and np.all(c[:, 0] < 48) and np.all(c[:, 1] < 40)
         d = np.hypot(c[:, None, 0] - c[None, :, 0], c[:, None, 1] - c[None, :, 1]) + np.eye(len(c)) * 1e9
         assert d.min() >= 4.0 / spacing - 1e-9
+        with torch.no_grad():
+            assert torch.equal(item, tiny_detector.candidates(image, spacing))  # the detector's own call
     with pytest.raises(ValueError, match="spacing"):
-        inferer(torch.rand(1, 3, 8, 8), tiny_fnr)
+        inferer(torch.rand(1, 3, 8, 8), tiny_detector)
+    with pytest.raises(ValueError, match="2 spacings for a batch of 1"):
+        inferer(torch.rand(1, 3, 8, 8), tiny_detector, spacing=[0.25, 0.25])
 
 
 def _output(cands, gts, spacing=0.25):
-    pred = [{"fused": torch.as_tensor(c, dtype=torch.float64).reshape(-1, 3)} for c in cands]
+    pred = [torch.as_tensor(c, dtype=torch.float64).reshape(-1, 3) for c in cands]
     label = [{"mitoses": np.asarray(g, dtype=np.float64).reshape(-1, 2), "spacing": spacing} for g in gts]
     return {"pred": pred, "label": label}
 
@@ -122,7 +142,7 @@ def test_false_positive_points():
     np.testing.assert_array_equal(false_positive_points(cand, np.zeros((0, 2)), 20.0, max_points=1), [[10, 0]])
 
 
-def test_miner_schedule():
+def test_miner_schedule(tiny_detector):
     class _DS:
         data: list = []
         hard_negatives: dict = {}
@@ -133,12 +153,18 @@ def test_miner_schedule():
         def add_hard_negatives(self, i, p):
             return 0
 
-    once = HardNegativeMiner(_DS(), torch.nn.Linear(1, 1), start_epoch=3)
+    once = HardNegativeMiner(tiny_detector, [_DS()], start_epoch=3)
     assert [e for e in range(1, 10) if once.due(e)] == [3]
-    every = HardNegativeMiner(_DS(), torch.nn.Linear(1, 1), start_epoch=2, interval=3)
+    every = HardNegativeMiner(tiny_detector, [_DS()], start_epoch=2, interval=3)
     assert [e for e in range(1, 10) if every.due(e)] == [2, 5, 8]
+    at_start = HardNegativeMiner(tiny_detector, [_DS(), _DS()], event="STARTED")
+    assert [e for e in range(0, 10) if at_start.due(e)] == [0]  # a fresh start only, not a resumed one
     with pytest.raises(TypeError, match="PatchSampleDataset"):
-        HardNegativeMiner(object(), torch.nn.Linear(1, 1))
+        HardNegativeMiner(tiny_detector, [object()])
+    with pytest.raises(TypeError, match="MSSNDetector"):
+        HardNegativeMiner(torch.nn.Linear(1, 1), [_DS()])
+    with pytest.raises(ValueError, match="EPOCH_COMPLETED or STARTED"):
+        HardNegativeMiner(tiny_detector, [_DS()], event="ITERATION_COMPLETED")
 
 
 def test_latest_checkpoint(tmp_path):
