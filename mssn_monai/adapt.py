@@ -92,9 +92,7 @@ def leave_one_field_out_threshold(
         t = fit(list(range(n)))
         return t, float("nan")
     folds = [fit([j for j in range(n) if j != i]) for i in range(n)]
-    counts = sum_counts(
-        detection_counts(gts[i], dets[i][dets[i][:, 2] >= folds[i], :2], radii[i]) for i in range(n)
-    )
+    counts = sum_counts(detection_counts(gts[i], dets[i][dets[i][:, 2] >= folds[i], :2], radii[i]) for i in range(n))
     return float(np.median(folds)), float(prf_arrays(*counts)[2])
 
 
@@ -356,7 +354,9 @@ def adapt_bundle(
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
         raise ValueError(f"--epochs must be an integer >= 0, got {epochs!r}")
     records = _records(datalist, section)
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     fields = load_detector(src, device)
     images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in records]  # every image readable before any work
     report: dict[str, Any] = {
@@ -366,7 +366,7 @@ def adapt_bundle(
         "mitoses": sum(len(r.get(DatalistKeys.MITOSES, [])) for r in records),
         "epochs": int(epochs),
     }
-    seed_everything = torch.manual_seed(seed)  # noqa: F841 - fine-tuning and k-means draws repeat per seed
+    torch.manual_seed(seed)  # fine-tuning's random draws repeat per seed
     old_refs = fields.detector.fpr.references.clone(), fields.detector.fpr.reference_classes.clone()
     replay_records: list[dict[str, Any]] = []
     if replay is not None:

@@ -35,6 +35,7 @@ __all__ = [
     "ReferenceBankRefresh",
     "FitOperatingPoint",
     "SaveWeights",
+    "TrainingCheckpoint",
     "gap_midpoint",
 ]
 
@@ -503,3 +504,59 @@ class SaveWeights:
 
         save_state_dict(self.network, self.path)
         logger.info("weights of the whole detector: %s", self.path)
+
+
+class TrainingCheckpoint:
+    """Resumable training: save ``save_dict`` and the trainer every epoch; resume from the newest such file.
+
+    One handler for MONAI's ``CheckpointLoader`` + ``CheckpointSaver`` pair, because the trainer belongs
+    in the saved state (its epoch is what a resumed run continues from) but a config cannot list the
+    trainer inside its own handlers without a circular reference: the trainer is added here, when the
+    handler is attached. List it first among the trainer's handlers, so the state is restored before
+    any other handler runs at ``STARTED`` (e.g. :class:`HardNegativeMiner` mining once at the start of a
+    stage, which then sees the restored epoch and skips). Under ``torch.distributed`` every rank
+    resumes and only rank 0 saves.
+
+    Args:
+        save_dir: folder of the checkpoints ``<file_prefix>_checkpoint_epoch=<n>.pt``.
+        file_prefix: e.g. ``fnr_train``.
+        save_dict: what to save besides the trainer (network, optimizer, scheduler, datasets' hard negatives).
+        resume: resume from the newest checkpoint in ``save_dir`` when there is one.
+        map_location: where loaded tensors go (the training device).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        file_prefix: str,
+        save_dict: dict[str, Any],
+        resume: bool = True,
+        map_location: Any = None,
+    ) -> None:
+        if "trainer" in save_dict:
+            raise ValueError("save_dict must not hold 'trainer': TrainingCheckpoint adds the engine it is attached to")
+        self.save_dir = Path(save_dir)
+        self.file_prefix = str(file_prefix)
+        self.save_dict = dict(save_dict)
+        self.resume = bool(resume)
+        self.map_location = map_location
+
+    def attach(self, engine: Engine) -> None:
+        from monai.handlers import CheckpointLoader, CheckpointSaver
+
+        from mssn_monai.checkpoints import latest_checkpoint
+        from mssn_monai.distributed import get_rank
+
+        state = {**self.save_dict, "trainer": engine}
+        latest = latest_checkpoint(self.save_dir, self.file_prefix) if self.resume else None
+        if latest is not None:
+            CheckpointLoader(load_path=latest, load_dict=state, map_location=self.map_location).attach(engine)
+        if get_rank() == 0:
+            CheckpointSaver(
+                save_dir=str(self.save_dir),
+                save_dict=state,
+                file_prefix=self.file_prefix,
+                save_interval=1,
+                n_saved=1,
+                epoch_level=True,
+            ).attach(engine)
