@@ -514,8 +514,9 @@ class TrainingCheckpoint:
     trainer inside its own handlers without a circular reference: the trainer is added here, when the
     handler is attached. List it first among the trainer's handlers, so the state is restored before
     any other handler runs at ``STARTED`` (e.g. :class:`HardNegativeMiner` mining once at the start of a
-    stage, which then sees the restored epoch and skips). Under ``torch.distributed`` every rank
-    resumes and only rank 0 saves.
+    stage, which then sees the restored epoch and skips). Under ``torch.distributed`` attach it on every
+    rank: every rank resumes, Ignite writes on rank 0 only (and its first rank query is a collective
+    call, so a saver built on rank 0 alone would hang).
 
     Args:
         save_dir: folder of the checkpoints ``<file_prefix>_checkpoint_epoch=<n>.pt``.
@@ -545,18 +546,17 @@ class TrainingCheckpoint:
         from monai.handlers import CheckpointLoader, CheckpointSaver
 
         from mssn_monai.checkpoints import latest_checkpoint
-        from mssn_monai.distributed import get_rank
 
         state = {**self.save_dict, "trainer": engine}
         latest = latest_checkpoint(self.save_dir, self.file_prefix) if self.resume else None
         if latest is not None:
             CheckpointLoader(load_path=latest, load_dict=state, map_location=self.map_location).attach(engine)
-        if get_rank() == 0:
-            CheckpointSaver(
-                save_dir=str(self.save_dir),
-                save_dict=state,
-                file_prefix=self.file_prefix,
-                save_interval=1,
-                n_saved=1,
-                epoch_level=True,
-            ).attach(engine)
+        # on every rank: Ignite writes on rank 0 only, and its first rank query is a collective call
+        CheckpointSaver(
+            save_dir=str(self.save_dir),
+            save_dict=state,
+            file_prefix=self.file_prefix,
+            save_interval=1,
+            n_saved=1,
+            epoch_level=True,
+        ).attach(engine)
