@@ -15,7 +15,7 @@ from typing import Any
 
 from mssn_monai.constants import APERIO_SPACING_UM, DEFAULT_SPACING_UM, MATCH_RADIUS_UM
 
-__all__ = ["synth", "prepare", "baseline", "candidates", "detect", "evaluate", "demo", "main"]
+__all__ = ["synth", "prepare", "baseline", "candidates", "detect", "evaluate", "adapt", "demo", "main"]
 
 logger = logging.getLogger("mssn_monai")
 
@@ -208,6 +208,62 @@ def detect(
     print(f"wrote CSV, GeoJSON and JSON for {len(counts)} images to {out}")
 
 
+def adapt(
+    datalist: str,
+    out: str,
+    bundle: str | None = None,
+    section: str = "training",
+    epochs: int = 2,
+    replay: str | None = None,
+    overwrite: bool = False,
+    device: str | None = None,
+    seed: int = 0,
+) -> None:
+    """Teach the detector a new lab's look from a few labelled fields; writes an adapted bundle at OUT.
+
+    Fine-tunes both stages briefly (with up to 8 fields of ``--replay`` mixed in against forgetting),
+    adds the new fields' mitoses, mimics and stage-1 false positives to the reference bank, and refits
+    the candidate threshold, the calibration and the operating threshold on the new fields
+    (leave-one-field-out). ``detect --bundle OUT`` and ``python -m monai.bundle run ... --bundle_root
+    OUT`` then use it as they use ``bundle/``.
+
+    Typical usage::
+
+        python -m mssn_monai adapt --datalist newlab/datalist.json --out newlab_bundle
+
+    Args:
+        datalist: datalist of the labelled fields of the new look (``prepare`` writes one).
+        out: folder of the adapted bundle (absent or empty, unless ``--overwrite``).
+        bundle: the bundle to adapt (default: this checkout's ``bundle``).
+        section: the datalist section holding the labelled fields.
+        epochs: fine-tuning epochs per stage (0: reference bank and calibration only, no gradient step).
+        replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.
+        overwrite: replace a non-empty ``out``.
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+        seed: seed of patch sampling and the reference k-means.
+    """
+    from mssn_monai.adapt import adapt_bundle
+
+    report = adapt_bundle(
+        datalist,
+        out,
+        bundle=bundle,
+        section=section,
+        epochs=epochs,
+        replay=replay,
+        overwrite=overwrite,
+        device=_device(device),
+        seed=seed,
+    )
+    held_out = report.get("held_out_f1")
+    print(
+        f"adapted bundle in {out}: {report['fields']} fields, {report['mitoses']} mitoses, "
+        f"candidate threshold {report['candidate_threshold']}, operating threshold "
+        f"{report['operating_threshold']:.3f}, leave-one-field-out F1 "
+        f"{'n/a' if held_out is None else f'{held_out:.3f}'}, {report['seconds']:.0f} s"
+    )
+
+
 def evaluate(
     datalist: str,
     pred: str,
@@ -380,6 +436,7 @@ COMMANDS = {
     "candidates": candidates,
     "detect": detect,
     "evaluate": evaluate,
+    "adapt": adapt,
     "demo": demo,
 }
 
@@ -403,6 +460,7 @@ ARG_LIMITS = {
     "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]"},
     "detect": {"spacing": "(0, inf)"},
     "evaluate": {"radius_um": "(0, inf)", "matching": ("optimal", "greedy")},
+    "adapt": {"epochs": "[0, inf)", "seed": "[0, inf)"},
 }
 """Accepted numbers (intervals) and texts (choices) of the commands' arguments, checked before a command runs
 (:func:`mssn_monai.cli_args.check_command_args`); every number must also be finite. ``evaluate --threshold``

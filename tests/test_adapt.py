@@ -1,0 +1,127 @@
+"""``adapt``: an adapted bundle that detect and the bundle workflow use; bad input refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mssn_monai.adapt import leave_one_field_out_threshold
+from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_detector, load_network
+from mssn_monai.cli import main
+from mssn_monai.data.datalist import write_datalist
+from mssn_monai.data.formats import read_mitos_atypia14
+from mssn_monai.data.synthetic import generate_dataset
+from mssn_monai.io import read_detections_csv
+
+
+@pytest.fixture(scope="module")
+def pale(tmp_path_factory) -> Path:
+    """Three labelled 512x512 fields of a look the shipped weights never saw (``pale``), with mitoses."""
+    root = tmp_path_factory.mktemp("pale")
+    generate_dataset(root / "fields", n_images=6, size=(512, 512), seed=6, frames_per_slide=1, style="pale")
+    records = [r for r in read_mitos_atypia14(root / "fields") if r["mitoses"]][:3]
+    assert records, "the generator gave no field with a mitosis"
+    write_datalist({"training": records, "validation": [], "testing": records}, root / "datalist.json")
+    return root / "datalist.json"
+
+
+def test_leave_one_field_out_threshold_is_median_of_folds():
+    # three fields, one mitosis each at (10, 10); detections: the mitosis (p) and a false positive (q)
+    gts = [np.array([[10.0, 10.0]])] * 3
+    dets = [np.array([[10.0, 10.0, p], [50.0, 50.0, q]]) for p, q in ((0.9, 0.2), (0.8, 0.3), (0.7, 0.1))]
+    threshold, f1 = leave_one_field_out_threshold(gts, dets, [2.0] * 3)
+    # each fold keeps its mitoses above the others' false positives: every held-out field is scored perfectly
+    assert f1 == 1.0
+    assert 0.3 < threshold <= 0.7
+    one, nan = leave_one_field_out_threshold(gts[:1], dets[:1], [2.0])
+    assert 0.2 < one <= 0.9 and np.isnan(nan)
+
+
+def test_adapt_writes_a_bundle_detect_uses(pale, tmp_path, capsys):
+    out = tmp_path / "adapted"
+    main(["adapt", "--datalist", str(pale), "--out", str(out), "--epochs", "0"])
+    assert "adapted bundle in" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt", "model.ts"]
+    report = json.loads((out / "adapt_report.json").read_text())
+    assert report["fields"] == len(json.loads(pale.read_text())["training"]) and report["epochs"] == 0
+    shipped = load_detector()
+    adapted = load_detector(out)
+    # the bank gained the new look's references; the old ones are still there (no gradient step)
+    n_old = shipped.detector.fpr.references.shape[0]
+    assert adapted.detector.fpr.references.shape[0] > n_old
+    assert torch.equal(adapted.detector.fpr.references[:n_old], shipped.detector.fpr.references)
+    for name, value in shipped.detector.fnr.state_dict().items():  # stage 1 untouched without fine-tuning
+        assert torch.equal(adapted.detector.fnr.state_dict()[name], value), name
+    config = json.loads((out / "configs" / "inference.json").read_text())
+    assert config["candidate_threshold"] == report["candidate_threshold"]
+    assert float(adapted.detector.candidate_threshold) == report["candidate_threshold"]
+    assert float(adapted.detector.fpr.operating_threshold) == pytest.approx(report["operating_threshold"])
+    # detect --bundle OUT runs the adapted detector; the TorchScript export gives the same detections
+    image = Path(json.loads(pale.read_text())["training"][0]["image"])
+    image = pale.parent / image if not image.is_absolute() else image
+    main(["detect", "--input", str(image), "--out", str(tmp_path / "det"), "--bundle", str(out)])
+    rows = read_detections_csv(tmp_path / "det" / f"{image.stem}.csv")
+    from mssn_monai.io import read_image_rgb
+
+    expected = adapted(read_image_rgb(image), 0.2456)["detections"]
+    np.testing.assert_allclose(rows[:, :2], expected[:, :2], atol=0.01)
+    scripted = torch.jit.load(str(out / "models" / "model.ts"))
+    net = load_network(out / "models" / "model.pt", out / "configs" / "inference.json", "network_def")
+    field = adapted.prepare(read_image_rgb(image))
+    with torch.inference_mode():
+        got, want = scripted.detect(field, 0.2456)["detections"], net.detect(field, 0.2456)["detections"]
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["no_mitoses", "missing_image", "existing_out", "no_weights", "bad_epochs"])
+def test_adapt_bad_input_one_line_nothing_written(pale, tmp_path, case):
+    datalist, out, bundle = pale, tmp_path / "out", DEFAULT_BUNDLE
+    records = json.loads(pale.read_text())["training"]
+    for r in records:
+        r["image"] = str((pale.parent / r["image"]).resolve())
+    extra: list[str] = []
+    if case == "no_mitoses":
+        datalist = tmp_path / "dl.json"
+        datalist.write_text(json.dumps({"training": [{**r, "mitoses": []} for r in records]}))
+    elif case == "missing_image":
+        datalist = tmp_path / "dl.json"
+        datalist.write_text(json.dumps({"training": [{**records[0], "image": str(tmp_path / "gone.png")}]}))
+    elif case == "existing_out":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif case == "no_weights":
+        bundle = tmp_path / "empty_bundle"
+        (bundle / "configs").mkdir(parents=True)
+        for f in (DEFAULT_BUNDLE / "configs").iterdir():
+            (bundle / "configs" / f.name).write_bytes(f.read_bytes())
+    elif case == "bad_epochs":
+        extra = ["--epochs", "-1"]
+    cmd = [sys.executable, "-m", "mssn_monai", "adapt", "--datalist", str(datalist), "--out", str(out)]
+    r = subprocess.run([*cmd, "--bundle", str(bundle), *extra], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    if case == "existing_out":
+        assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    else:
+        assert not out.exists()
+    assert not list(tmp_path.glob(".out.*")), "a temporary bundle folder was left behind"
+
+
+@pytest.mark.slow
+def test_adapt_fine_tune_changes_both_stages(pale, tmp_path):
+    out = tmp_path / "tuned"
+    main(["adapt", "--datalist", str(pale), "--out", str(out), "--epochs", "1", "--device", "cpu"])
+    shipped, tuned = load_detector(), load_detector(out)
+    for stage in ("fnr", "fpr"):
+        a = torch.cat([p.flatten() for p in getattr(shipped.detector, stage).parameters()])
+        b = torch.cat([p.flatten() for p in getattr(tuned.detector, stage).parameters()])
+        assert not torch.equal(a, b), stage
+    report = json.loads((out / "adapt_report.json").read_text())
+    assert set(report["seconds_fine_tune"]) == {"fine-tune stage 1", "fine-tune stage 2"}
