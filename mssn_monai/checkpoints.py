@@ -48,7 +48,8 @@ def load_state_dict(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Mod
 
     Raises:
         FileNotFoundError: missing checkpoint.
-        ValueError: the file is not a PyTorch checkpoint, or its keys or shapes do not match ``network``.
+        ValueError: the file is not a PyTorch checkpoint (or holds code: only tensors are ever loaded), its
+            keys or shapes do not match ``network``, or a weight is NaN or infinite (a diverged run).
     """
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
@@ -56,20 +57,45 @@ def load_state_dict(network: nn.Module, checkpoint: str | os.PathLike) -> nn.Mod
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises pickle, zip and runtime errors alike
-        raise ValueError(f"{checkpoint}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        # not PyTorch's text: it advises retrying with weights_only=False, which would run the file's code
+        raise ValueError(
+            f"{checkpoint}: not a readable weights file ({type(e).__name__}); only plain state dicts of tensors "
+            "are loaded, and nothing in the file was run"
+        ) from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{checkpoint}: expected a state dict, got {type(state).__name__}")
+    bad = [
+        k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()
+    ]
+    if bad:
+        raise ValueError(
+            f"{checkpoint}: {len(bad)} weight tensor(s) hold NaN or infinite values ({_some(bad)[2:]}): "
+            "the training run that wrote them diverged; retrain or use other weights"
+        )
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        detail = " ".join(line.strip() for line in str(e).splitlines()[1:4])
+        expected = network.state_dict()
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        what = (
+            f"{len(missing)} missing keys{_some(missing)}, {len(unexpected)} unexpected keys{_some(unexpected)}"
+            if missing or unexpected
+            else str(e).splitlines()[-1].strip()[:300]
+        )
         raise ValueError(
-            f"{checkpoint}: does not match the {type(network).__name__} built from the config ({first} {detail})"
+            f"{checkpoint}: does not match the {type(network).__name__} built from the config ({what})"
         ) from e
     return network
+
+
+def _some(keys: list[str], limit: int = 3) -> str:
+    """``": a, b, c and 4 more"`` (empty for no keys): a short list for one-line messages."""
+    if not keys:
+        return ""
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ": " + ", ".join(keys[:limit]) + more
 
 
 def load_network(

@@ -518,12 +518,20 @@ class TrainingCheckpoint:
     rank: every rank resumes, Ignite writes on rank 0 only (and its first rank query is a collective
     call, so a saver built on rank 0 alone would hang).
 
+    A run made on other data or settings is never resumed by accident: ``fingerprint`` (e.g. the
+    training records and the stage's knobs) is hashed into ``<file_prefix>_fingerprint.json`` beside
+    the checkpoints, and resuming from checkpoints with another fingerprint raises ``ValueError``.
+
     Args:
         save_dir: folder of the checkpoints ``<file_prefix>_checkpoint_epoch=<n>.pt``.
         file_prefix: e.g. ``fnr_train``.
         save_dict: what to save besides the trainer (network, optimizer, scheduler, datasets' hard negatives).
         resume: resume from the newest checkpoint in ``save_dir`` when there is one.
         map_location: where loaded tensors go (the training device).
+        fingerprint: JSON-able description of what the run trains on; ``None`` skips the check.
+
+    Raises:
+        ValueError: (at attach) the checkpoints in ``save_dir`` were made with another fingerprint.
     """
 
     def __init__(
@@ -533,6 +541,7 @@ class TrainingCheckpoint:
         save_dict: dict[str, Any],
         resume: bool = True,
         map_location: Any = None,
+        fingerprint: Any = None,
     ) -> None:
         if "trainer" in save_dict:
             raise ValueError("save_dict must not hold 'trainer': TrainingCheckpoint adds the engine it is attached to")
@@ -541,6 +550,29 @@ class TrainingCheckpoint:
         self.save_dict = dict(save_dict)
         self.resume = bool(resume)
         self.map_location = map_location
+        self.fingerprint = None if fingerprint is None else _digest(fingerprint)
+
+    def _check_fingerprint(self, resuming_from: str | None) -> None:
+        """Refuse checkpoints of another run; record this run's fingerprint (rank 0)."""
+        from mssn_monai.distributed import get_rank
+        from mssn_monai.io import read_json, write_json
+
+        if self.fingerprint is None:
+            return
+        record = self.save_dir / f"{self.file_prefix}_fingerprint.json"
+        if resuming_from is not None and record.is_file():
+            stored = read_json(record).get("sha256")
+            if stored != self.fingerprint:
+                raise ValueError(
+                    f"{resuming_from}: made on other training data or settings than this run "
+                    f"({record.name} differs); pass --resume false to start afresh, or use another bundle_root"
+                )
+        elif resuming_from is not None:
+            logger.warning(
+                "%s: no fingerprint beside it; resuming without checking the data it was made on", resuming_from
+            )
+        if get_rank() == 0:
+            write_json(record, {"sha256": self.fingerprint})
 
     def attach(self, engine: Engine) -> None:
         from monai.handlers import CheckpointLoader, CheckpointSaver
@@ -549,6 +581,7 @@ class TrainingCheckpoint:
 
         state = {**self.save_dict, "trainer": engine}
         latest = latest_checkpoint(self.save_dir, self.file_prefix) if self.resume else None
+        self._check_fingerprint(latest)
         if latest is not None:
             CheckpointLoader(load_path=latest, load_dict=state, map_location=self.map_location).attach(engine)
         # on every rank: Ignite writes on rank 0 only, and its first rank query is a collective call
@@ -560,3 +593,12 @@ class TrainingCheckpoint:
             n_saved=1,
             epoch_level=True,
         ).attach(engine)
+
+
+def _digest(value: Any) -> str:
+    """sha256 of ``value`` as canonical JSON (paths and other objects as their text)."""
+    import hashlib
+    import json
+
+    text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

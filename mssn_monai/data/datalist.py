@@ -30,7 +30,7 @@ import numpy as np
 from mssn_monai.io import read_json, write_json
 from mssn_monai.keys import DatalistKeys
 
-__all__ = ["SECTIONS", "split_by_group", "write_datalist", "load_datalist", "inference_records"]
+__all__ = ["SECTIONS", "check_sections", "split_by_group", "write_datalist", "load_datalist", "inference_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,6 +285,23 @@ def load_datalist(
     if section == "all":
         return [r for name in wanted for r in loaded[name]]
     return loaded[section]
+
+
+def check_sections(datalist: str | os.PathLike, sections: Sequence[str] = ("training", "validation")) -> None:
+    """Fail before any work when a section a workflow needs is empty, or the training one has no mitosis.
+
+    ``train.json`` calls it first in ``initialize``, so a datalist without validation fields stops at
+    once instead of after the whole of stage 1.
+
+    Raises:
+        ValueError: naming the datalist and the section.
+    """
+    for section in sections:
+        records = load_datalist(datalist, section)
+        if not records:
+            raise ValueError(f"{datalist}: section {section!r} is empty; this workflow needs {list(sections)}")
+        if section == "training" and not any(len(r.get(DatalistKeys.MITOSES, [])) for r in records):
+            raise ValueError(f"{datalist}: section 'training' has no mitosis to learn from")
 
 
 def inference_records(source: str | os.PathLike, section: str = "testing") -> list[dict[str, Any]]:
