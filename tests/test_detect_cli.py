@@ -136,7 +136,7 @@ def test_detect_checkpoint_that_does_not_match(tmp_path):
     assert "model.pt" in line and "does not match" in line
     (bundle / "models" / "model.pt").write_bytes(b"not a checkpoint")
     r = _detect("--input", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--bundle", str(bundle))
-    assert r.returncode == 2 and "not a readable PyTorch checkpoint" in r.stderr
+    assert r.returncode == 2 and "not a readable weights file" in r.stderr
 
 
 def test_evaluate_unreadable_datalist(tmp_path):
