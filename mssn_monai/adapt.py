@@ -40,7 +40,7 @@ import torch
 
 from mssn_monai.constants import MATCH_RADIUS_UM, MODEL_FILE, TORCHSCRIPT_FILE
 from mssn_monai.io import read_image_rgb
-from mssn_monai.keys import DatalistKeys, DetectionKeys, PatchClass
+from mssn_monai.keys import DatalistKeys, PatchClass
 
 __all__ = ["CANDIDATE_THRESHOLDS", "adapt_bundle", "leave_one_field_out_threshold"]
 
@@ -249,32 +249,10 @@ def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Seq
 
 def _calibrate(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Refit the vote's calibration and the operating threshold on the fields (leave-one-field-out)."""
-    from mssn_monai.networks.fpr import fit_calibration
-    from mssn_monai.ops.matching import match_points
+    from mssn_monai.handlers import fit_vote_calibration
 
     fpr = fields.detector.fpr
-    fpr.set_operating_threshold(0.0)
-    outs, gts, radii = [], [], []
-    for image, rec in zip(images, records, strict=True):
-        spacing = float(rec[DatalistKeys.SPACING])
-        outs.append(fields(image, spacing))
-        gts.append(np.asarray(rec.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2))
-        radii.append(MATCH_RADIUS_UM / spacing)
-    labels = []
-    for out, gt, r in zip(outs, gts, radii, strict=True):
-        lab = np.zeros(len(out[DetectionKeys.CANDIDATES]))
-        lab[match_points(gt, out[DetectionKeys.CANDIDATES][:, :2], r).det_idx] = 1.0
-        labels.append(lab)
-    votes = torch.as_tensor(np.concatenate([o[DetectionKeys.VOTES] for o in outs]), dtype=torch.float32)
-    target = torch.as_tensor(np.concatenate(labels), dtype=torch.float32)
-    if len(votes) and 0 < float(target.sum()) < len(target):
-        a, b = fit_calibration(votes, target)
-        fpr.set_calibration(float(a), float(b))
-    voted = []
-    for out in outs:
-        keep = out[DetectionKeys.VOTED]
-        p = fpr.calibrated_score(torch.as_tensor(out[DetectionKeys.VOTES])).cpu().numpy()
-        voted.append(np.column_stack([out[DetectionKeys.CANDIDATES][keep, :2], p[keep]]).reshape(-1, 3))
+    _, voted, gts, radii = fit_vote_calibration(fields, images, records)
     threshold, held_out_f1 = leave_one_field_out_threshold(gts, voted, radii)
     fpr.set_operating_threshold(threshold)
     a, b = (float(v) for v in fpr.calibration)

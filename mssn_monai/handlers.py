@@ -37,6 +37,7 @@ __all__ = [
     "SaveWeights",
     "TrainingCheckpoint",
     "gap_midpoint",
+    "fit_vote_calibration",
 ]
 
 logger = logging.getLogger(__name__)
@@ -358,6 +359,54 @@ def gap_midpoint(scores: np.ndarray, threshold: float) -> float:
     return (float(threshold) + (float(below.max()) if below.size else 0.0)) / 2.0
 
 
+def fit_vote_calibration(
+    fields: FieldDetector, images: Sequence[np.ndarray], records: Sequence[Any], radius_um: float = MATCH_RADIUS_UM
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray], list[np.ndarray], list[float]]:
+    """Refit the vote's Platt calibration on labelled fields (changes the model); return what it saw.
+
+    Runs the detector with operating threshold 0 on every field, labels each candidate 1 when it
+    matches a mitosis within ``radius_um`` (one-to-one), fits ``p = sigmoid(a * votes + b)`` when both
+    labels occur, and recomputes the voted candidates' probabilities under the new calibration (the
+    vote's decisions do not change with it). The operating threshold is left at 0 for the caller.
+
+    Args:
+        fields: the detector's numpy face (its stage 2 is changed).
+        images: ``(H, W, 3)`` uint8 fields.
+        records: their datalist records (``mitoses``, ``spacing``).
+        radius_um: match radius in micrometres.
+
+    Returns:
+        ``(outputs, voted, gts, radii)``: per field the detector's result, the voted candidates ``(M, 3)``
+        ``x, y, calibrated probability``, the ground truth ``(N, 2)`` and the match radius in pixels.
+    """
+    from mssn_monai.networks.fpr import fit_calibration
+
+    fpr = fields.detector.fpr
+    fpr.set_operating_threshold(0.0)
+    outputs, gts, radii, labels = [], [], [], []
+    for image, rec in zip(images, records, strict=True):
+        spacing = float(rec[DatalistKeys.SPACING])
+        out = fields(image, spacing)
+        gt = np.asarray(rec.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2)
+        lab = np.zeros(len(out[DetectionKeys.CANDIDATES]))
+        lab[match_points(gt, out[DetectionKeys.CANDIDATES][:, :2], radius_um / spacing).det_idx] = 1.0
+        outputs.append(out)
+        gts.append(gt)
+        radii.append(radius_um / spacing)
+        labels.append(lab)
+    votes = torch.as_tensor(np.concatenate([o[DetectionKeys.VOTES] for o in outputs]), dtype=torch.float32)
+    target = torch.as_tensor(np.concatenate(labels), dtype=torch.float32)
+    if len(votes) and 0 < float(target.sum()) < len(target):
+        a, b = fit_calibration(votes, target)
+        fpr.set_calibration(float(a), float(b))
+    voted = []
+    for out in outputs:
+        keep = out[DetectionKeys.VOTED]
+        p = fpr.calibrated_score(torch.as_tensor(out[DetectionKeys.VOTES])).cpu().numpy()
+        voted.append(np.column_stack([out[DetectionKeys.CANDIDATES][keep, :2], p[keep]]).reshape(-1, 3))
+    return outputs, voted, gts, radii
+
+
 class FitOperatingPoint:
     """Fit the detector's score calibration and operating threshold on held-out fields (changes the model).
 
@@ -423,37 +472,14 @@ class FitOperatingPoint:
             sum_counts,
             sweep_counts,
         )
-        from mssn_monai.networks.fpr import fit_calibration
 
         if not self.data:
             return {}
         fpr = self.fields.detector.fpr
         if self.reference_refresh is not None:
             self.reference_refresh.refresh()
-        fpr.set_operating_threshold(0.0)
-        outputs, gts, radii = [], [], []
-        for rec in self.data:
-            spacing = float(rec[DatalistKeys.SPACING])
-            outputs.append(self.fields(read_image_rgb(rec[DatalistKeys.IMAGE]), spacing))
-            gts.append(np.asarray(rec[DatalistKeys.MITOSES], dtype=np.float64).reshape(-1, 2))
-            radii.append(self.radius_um / spacing)
-        labels = []
-        for out, gt, r in zip(outputs, gts, radii, strict=True):
-            cand = out[DetectionKeys.CANDIDATES]
-            lab = np.zeros(len(cand))
-            lab[match_points(gt, cand[:, :2], r).det_idx] = 1.0
-            labels.append(lab)
-        votes = torch.as_tensor(np.concatenate([o[DetectionKeys.VOTES] for o in outputs]), dtype=torch.float32)
-        target = torch.as_tensor(np.concatenate(labels), dtype=torch.float32)
-        if len(votes) and 0 < float(target.sum()) < len(target):
-            a, b = fit_calibration(votes, target)
-            fpr.set_calibration(float(a), float(b))
-        # probabilities under the new calibration; the vote's decisions do not change with it
-        voted = []
-        for out in outputs:
-            keep = out[DetectionKeys.VOTED]
-            p = fpr.calibrated_score(torch.as_tensor(out[DetectionKeys.VOTES])).cpu().numpy()
-            voted.append(np.column_stack([out[DetectionKeys.CANDIDATES][keep, :2], p[keep]]).reshape(-1, 3))
+        images = [read_image_rgb(rec[DatalistKeys.IMAGE]) for rec in self.data]
+        outputs, voted, gts, radii = fit_vote_calibration(self.fields, images, self.data, self.radius_um)
 
         def counts(dets: list[np.ndarray], threshold: float | None = None) -> Any:
             kept = [d if threshold is None else d[d[:, 2] >= threshold] for d in dets]
