@@ -391,8 +391,7 @@ def _each_image(input: str, out: str, desc: str) -> Iterator[tuple[Path, Any]]: 
     Refuses, before anything is written, inputs whose outputs would collide; skips (naming it) an image
     that cannot be read; raises ``ValueError`` when none could be.
     """
-    from mssn_monai.io import iter_images, list_images
-    from mssn_monai.outputs import output_stems
+    from mssn_monai.io import iter_images, list_images, output_stems
 
     files = list_images(input)
     out_dir = Path(out)

@@ -40,6 +40,7 @@ __all__ = [
     "read_detections_csv",
     "read_predictions",
     "iter_images",
+    "output_stems",
     "detections_to_geojson",
 ]
 
@@ -359,7 +360,11 @@ def list_images(path: str | os.PathLike) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in found if p.is_file()]
+    for p in found:
+        if not p.is_file() and not p.is_dir():  # a broken link or a special file: say so, never skip silently
+            logger.warning("%s: not a readable file (broken link?), skipped", p)
     if not files:
         raise ValueError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this directory")
     return files
@@ -532,6 +537,29 @@ def _flat(value: Any) -> Iterator[Any]:
             yield from _flat(v)
     else:
         yield value
+
+
+def output_stems(files: Sequence[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
+    """``out / <image stem>`` for each image file, refusing before anything is written when two collide.
+
+    The one output-naming rule of the CLI, the bundle's inference workflow and the apps: outputs are
+    named by image stem, so two inputs with one stem (``a/01.tif`` and ``b/01.tif``, or ``field.png``
+    and ``field.tif``) would overwrite each other's results; this names them all in one error instead.
+
+    Raises:
+        ValueError: two or more files share a stem.
+    """
+    seen: dict[str, list[str]] = {}
+    for f in files:
+        seen.setdefault(Path(f).stem, []).append(str(f))
+    clashes = {stem: paths for stem, paths in seen.items() if len(paths) > 1}
+    if clashes:
+        listed = "; ".join(f"{stem}: {', '.join(paths)}" for stem, paths in list(clashes.items())[:3])
+        raise ValueError(
+            f"{len(clashes)} output name(s) would be shared by several inputs ({listed}); outputs are named "
+            "by image stem, so run each folder separately or rename the files"
+        )
+    return [Path(out) / Path(f).stem for f in files]
 
 
 def iter_images(files: Sequence[str | os.PathLike], desc: str = "images") -> Iterator[tuple[Path, np.ndarray]]:

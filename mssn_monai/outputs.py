@@ -2,13 +2,14 @@
 
 Per image ``<out>/<stem>``: ``.csv`` rows ``x,y,score``, ``.geojson`` (QuPath points), ``.json`` (the
 summary: size, spacing, count, mitoses per mm^2, settings in force) and optionally ``_overlay.png``.
-Every file is written atomically (:func:`mssn_monai.io.atomic_write`).
+Every file is written atomically (:func:`mssn_monai.io.atomic_write`), and the JSON summary last, so
+an image whose ``.json`` exists has all its files. Outputs are named by the rule of
+:func:`mssn_monai.io.output_stems`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,34 +19,12 @@ from mssn_monai.constants import MATCH_RADIUS_UM
 from mssn_monai.io import detections_to_geojson, write_detections_csv, write_image, write_json
 from mssn_monai.keys import DetectionKeys
 
-__all__ = ["SYNTHETIC_WEIGHTS_NOTE", "output_stems", "write_detection_outputs"]
+__all__ = ["SYNTHETIC_WEIGHTS_NOTE", "write_detection_outputs"]
 
 SYNTHETIC_WEIGHTS_NOTE = (
     "weights trained on synthetic data only unless retrained: not for use on real slides as shipped"
 )
 """Recorded in every JSON summary."""
-
-
-def output_stems(files: Sequence[str | os.PathLike], out: str | os.PathLike) -> list[Path]:
-    """``out / <image stem>`` for each image file, refusing before anything is written when two collide.
-
-    Two inputs with one stem (``a/01.tif`` and ``b/01.tif``, or ``field.png`` and ``field.tif``) would
-    overwrite each other's results; this names them all in one error instead.
-
-    Raises:
-        ValueError: two or more files share a stem.
-    """
-    seen: dict[str, list[str]] = {}
-    for f in files:
-        seen.setdefault(Path(f).stem, []).append(str(f))
-    clashes = {stem: paths for stem, paths in seen.items() if len(paths) > 1}
-    if clashes:
-        listed = "; ".join(f"{stem}: {', '.join(paths)}" for stem, paths in list(clashes.items())[:3])
-        raise ValueError(
-            f"{len(clashes)} output name(s) would be shared by several inputs ({listed}); outputs are named "
-            "by image stem, so run each folder separately or rename the files"
-        )
-    return [Path(out) / Path(f).stem for f in files]
 
 
 def write_detection_outputs(
@@ -94,7 +73,6 @@ def write_detection_outputs(
     }
     write_detections_csv(stem.parent / f"{stem.name}.csv", det)
     write_json(stem.parent / f"{stem.name}.geojson", detections_to_geojson(det, stem.name))
-    write_json(stem.parent / f"{stem.name}.json", summary)
     if overlay:
         from mssn_monai.visualize import draw_points
 
@@ -102,4 +80,6 @@ def write_detection_outputs(
             image, [(det, (0, 200, 0), MATCH_RADIUS_UM / spacing)], labels=[[f"{p:.2f}" for p in det[:, 2]]]
         )
         write_image(stem.parent / f"{stem.name}_overlay.png", picture)
+    # the summary last: its presence says the image's other files are complete (a killed run leaves none)
+    write_json(stem.parent / f"{stem.name}.json", summary)
     return summary

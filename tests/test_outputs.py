@@ -1,4 +1,4 @@
-"""Output naming (``mssn_monai.outputs.output_stems``): two inputs never share an output stem; the CLI refuses first."""
+"""Output naming (``mssn_monai.io.output_stems``): no two inputs share an output stem; CLI and bundle refuse first."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from mssn_monai.cli import main
-from mssn_monai.io import write_image
-from mssn_monai.outputs import SYNTHETIC_WEIGHTS_NOTE, output_stems, write_detection_outputs
+from mssn_monai.io import list_images, output_stems, write_image
+from mssn_monai.outputs import SYNTHETIC_WEIGHTS_NOTE, write_detection_outputs
 
 
 def test_output_stems_one_per_image(tmp_path):
@@ -72,3 +72,20 @@ def test_write_detection_outputs_files_and_summary(tmp_path):
     assert summary["note"] == SYNTHETIC_WEIGHTS_NOTE and summary["settings"] == {"k": 1.0}
     with pytest.raises(ValueError, match="needs the image"):
         write_detection_outputs(tmp_path / "g", None, result, 0.25, {}, overlay=True, size=(10, 10))
+
+
+def test_bundle_inference_records_refuse_colliding_outputs(tmp_path):
+    from mssn_monai.data.datalist import inference_records
+
+    for sub in ("a", "b"):
+        write_image(tmp_path / "in" / sub / "01.png", np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ValueError, match="01"):
+        inference_records(tmp_path / "in")
+
+
+def test_broken_links_are_reported_not_skipped_silently(tmp_path, caplog):
+    write_image(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "in" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with caplog.at_level("WARNING"):
+        assert list_images(tmp_path / "in") == [tmp_path / "in" / "a.png"]
+    assert "gone.png" in caplog.text and "broken link" in caplog.text

@@ -308,7 +308,8 @@ def inference_records(source: str | os.PathLike, section: str = "testing") -> li
     """Records ``{"image": path}`` to run a detector on: an image file, a folder of images, or a datalist.
 
     Images whose header cannot be read are left out with one warning line each (the others are still
-    processed); a datalist keeps its records' other keys (``spacing``, ``mitoses``, ...).
+    processed); a datalist keeps its records' other keys (``spacing``, ``mitoses``, ...). Two images
+    whose outputs would share a name are refused (:func:`mssn_monai.io.output_stems`, the CLI's rule).
 
     Args:
         source: an image file, a folder (searched recursively for ``mssn_monai.io.IMAGE_SUFFIXES``), or a
@@ -322,13 +323,14 @@ def inference_records(source: str | os.PathLike, section: str = "testing") -> li
         FileNotFoundError: ``source`` does not exist.
         ValueError: no image at all, no readable image, or an invalid datalist (the message names it).
     """
-    from mssn_monai.io import image_size, list_images
+    from mssn_monai.io import image_size, list_images, output_stems
 
     source = Path(source)
     if source.suffix.lower() == ".json":
         records = list(load_datalist(source, section))
     else:
         records = [{DatalistKeys.IMAGE: str(p)} for p in list_images(source)]
+    output_stems([r[DatalistKeys.IMAGE] for r in records], ".")
     readable = []
     for record in records:
         try:

@@ -204,7 +204,8 @@ class MSSNDetector(nn.Module):
             spacing_um: pixel spacing of the image in um/px.
 
         Returns:
-            ``(N, 3)`` float64 rows ``x, y, probability`` in input pixels, by descending probability.
+            ``(N, 3)`` rows ``x, y, probability`` in input pixels (the map's float dtype), by descending
+            probability.
         """
         if not spacing_um > 0:
             raise ValueError(f"spacing_um must be > 0 um/px, got {spacing_um}.")
@@ -223,7 +224,8 @@ class MSSNDetector(nn.Module):
             spacing_um: its pixel spacing in um/px.
 
         Returns:
-            ``(N, 3)`` float64 rows ``x, y, fused FNR probability``, by descending probability.
+            ``(N, 3)`` rows ``x, y, fused FNR probability`` (float32; :class:`FieldDetector` gives
+            float64), by descending probability.
         """
         _check_image(image)
         return self.peaks(self.stage1_maps(image)[self.fnr.fused_key], spacing_um)

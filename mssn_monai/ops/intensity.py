@@ -44,4 +44,5 @@ def hwc_to_chw_float(image: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` uint8 RGB array -> ``(3, H, W)`` float32 tensor in ``[0, 1]`` (a copy)."""
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {tuple(image.shape)}.")
-    return to_float01(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)).contiguous()
+    # np.require copies only a read-only or non-contiguous array (torch refuses to wrap a read-only one)
+    return to_float01(torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)).contiguous()
