@@ -54,3 +54,16 @@ def test_cli_help_lists_commands():
     # python-fire writes its help to stderr
     for command in ("synth", "prepare", "baseline", "evaluate", "demo"):
         assert command in r.stdout + r.stderr
+
+
+def test_inference_workflow_has_monai_infer_properties():
+    """MONAI Label and Deploy integrations call check_properties() on inference.json."""
+    from monai.bundle import ConfigWorkflow
+
+    workflow = ConfigWorkflow(
+        config_file=str(ROOT / "bundle" / "configs" / "inference.json"),
+        workflow_type="infer",
+        bundle_root=str(ROOT / "bundle"),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() == []
