@@ -76,9 +76,12 @@ class FieldLoaderOperator(Operator):
 
     @staticmethod
     def list_fields(input_path: str | os.PathLike) -> list[Path]:
-        from mssn_monai.io import list_images
+        """The image files under ``input_path``; inputs whose outputs would share a name are refused first."""
+        from mssn_monai.io import list_images, output_stems
 
-        return list_images(input_path)
+        files = list_images(input_path)
+        output_stems(files, ".")  # the CLI's and the bundle's naming rule: refuse collisions before any work
+        return files
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.output("image")
