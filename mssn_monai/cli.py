@@ -391,12 +391,13 @@ def _each_image(input: str, out: str, desc: str) -> Iterator[tuple[Path, Any]]: 
     Refuses, before anything is written, inputs whose outputs would collide; skips (naming it) an image
     that cannot be read; raises ``ValueError`` when none could be.
     """
-    from mssn_monai.io import iter_images, list_images, output_stems
+    from mssn_monai.io import iter_images, list_images, output_stems, remove_stale_temporaries
 
     files = list_images(input)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir}: exists and is not a directory")
+    remove_stale_temporaries(out_dir)
     stems = dict(zip(files, output_stems(files, out_dir), strict=True))
     n = 0
     for path, image in iter_images(files, desc=desc):

@@ -30,6 +30,7 @@ __all__ = [
     "MAX_DECODED_IMAGE_PIXELS",
     "atomic_write",
     "write_json",
+    "remove_stale_temporaries",
     "read_json",
     "read_image_rgb",
     "image_size",
@@ -103,6 +104,33 @@ def _non_finite_path(obj: Any, where: str = "") -> tuple[str, Any] | None:
             if found is not None:
                 return found
     return None
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than_s: float = 600.0) -> int:
+    """Delete the temporary files :func:`atomic_write` left in ``folder`` when a run was killed mid-write.
+
+    Only names of its own pattern (``.<target>.<random>.tmp``) untouched for ``older_than_s`` seconds are
+    removed, so a run writing into the same folder right now keeps its files. Each removal is logged.
+
+    Returns:
+        the number of files removed.
+    """
+    import time
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    now = time.time()
+    for p in folder.glob(".*.tmp"):
+        try:
+            if p.is_file() and now - p.stat().st_mtime > older_than_s:
+                p.unlink()
+                removed += 1
+                logger.info("removed %s, left by an interrupted run", p)
+        except OSError:  # gone meanwhile, or not ours to remove: leave it
+            continue
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

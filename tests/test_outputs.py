@@ -89,3 +89,21 @@ def test_broken_links_are_reported_not_skipped_silently(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert list_images(tmp_path / "in") == [tmp_path / "in" / "a.png"]
     assert "gone.png" in caplog.text and "broken link" in caplog.text
+
+
+def test_temporaries_of_a_killed_run_are_removed_at_the_next_run(tmp_path):
+    import os
+    import time
+
+    from mssn_monai.io import remove_stale_temporaries
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stale, fresh, other = out / ".a.csv.x1y2.tmp", out / ".b.csv.z3.tmp", out / "notes.tmp"
+    for p in (stale, fresh, other):
+        p.write_text("half")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    assert remove_stale_temporaries(out) == 1
+    assert not stale.exists() and fresh.exists() and other.exists()  # a running writer's file and a user's file stay
