@@ -45,6 +45,6 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out
 
-## MONAI Label and MONAI Deploy against `detect` (needs /work/venvs/label and /work/venvs/deploy; see bundle/docs/README.md)
+## MONAI Label and MONAI Deploy against `detect` (needs .venvs/label and .venvs/deploy, or MSSN_LABEL_VENV / MSSN_DEPLOY_VENV; see bundle/docs/README.md)
 check-integrations: $(STAMP)
 	bash scripts/check_integrations.sh

@@ -4,8 +4,8 @@
 # exits non-zero when a check fails.
 #
 # Needs the two separate virtual environments described in bundle/docs/README.md:
-#   LABEL_VENV  (default /work/venvs/label):  monailabel 0.8.5 + this package (pip install --no-deps -e .)
-#   DEPLOY_VENV (default /work/venvs/deploy): monai-deploy-app-sdk 4.0.0 + this package
+#   MSSN_LABEL_VENV  (default .venvs/label):  monailabel 0.8.5 + this package (pip install --no-deps -e .)
+#   MSSN_DEPLOY_VENV (default .venvs/deploy): monai-deploy-app-sdk 4.0.0 + this package
 # and the main environment (PYTHON, default .venv/bin/python) for the reference run and the TorchScript export.
 #
 # Usage: scripts/check_integrations.sh [image ...]     (default: two of bundle/samples/images)
@@ -14,8 +14,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
-LABEL_VENV=${LABEL_VENV:-/work/venvs/label}
-DEPLOY_VENV=${DEPLOY_VENV:-/work/venvs/deploy}
+LABEL_VENV=$(realpath -m "${MSSN_LABEL_VENV:-$ROOT/.venvs/label}")
+DEPLOY_VENV=$(realpath -m "${MSSN_DEPLOY_VENV:-$ROOT/.venvs/deploy}")
 TOL=${TOL:-1e-5}
 
 if [ $# -gt 0 ]; then IMAGES=("$@"); else

@@ -2,8 +2,8 @@
 
 Marked ``integration`` (deselected by default; run ``pytest -m integration``). They need the two separate
 virtual environments of ``bundle/docs/README.md`` and skip without them: ``MSSN_LABEL_VENV`` (default
-``/work/venvs/label``: monailabel 0.8.5 + this package) and ``MSSN_DEPLOY_VENV`` (default
-``/work/venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes on 2 CPU cores.
+``.venvs/label`` in the checkout: monailabel 0.8.5 + this package) and ``MSSN_DEPLOY_VENV`` (default
+``.venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "bundle" / "samples" / "images"
 FIELDS = ("S2027002_03", "S2027005_00")
-LABEL_VENV = Path(os.environ.get("MSSN_LABEL_VENV", "/work/venvs/label"))
-DEPLOY_VENV = Path(os.environ.get("MSSN_DEPLOY_VENV", "/work/venvs/deploy"))
+LABEL_VENV = Path(os.environ.get("MSSN_LABEL_VENV", ROOT / ".venvs" / "label"))
+DEPLOY_VENV = Path(os.environ.get("MSSN_DEPLOY_VENV", ROOT / ".venvs" / "deploy"))
 TOL = 1e-5
 MODEL = "mssn_mitosis"
 
