@@ -68,24 +68,11 @@ def leave_one_field_out_threshold(
     Returns:
         ``(threshold, held_out_f1)``.
     """
-    from mssn_monai.handlers import gap_midpoint
-    from mssn_monai.metrics import (
-        best_threshold,
-        detection_counts,
-        prf_arrays,
-        select_thresholds,
-        sum_counts,
-        sweep_counts,
-    )
+    from mssn_monai.handlers import best_operating_threshold
+    from mssn_monai.metrics import detection_counts, prf_arrays, sum_counts
 
     def fit(idx: Sequence[int]) -> float:
-        scores = np.concatenate([dets[i][:, 2] for i in idx]) if idx else np.zeros(0)
-        thresholds = select_thresholds(scores)
-        if len(thresholds) == 0:
-            return 0.0
-        sub_g, sub_d, sub_r = [gts[i] for i in idx], [dets[i] for i in idx], [radii[i] for i in idx]
-        best, _ = best_threshold(thresholds, prf_arrays(*sweep_counts(sub_g, sub_d, sub_r, thresholds))[2])
-        return gap_midpoint(scores, best) if best is not None else 0.0
+        return best_operating_threshold([gts[i] for i in idx], [dets[i] for i in idx], [radii[i] for i in idx])
 
     n = len(gts)
     if n < 2:
@@ -226,19 +213,21 @@ def _fine_tune(
 
 def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> float:
     """The highest of :data:`CANDIDATE_THRESHOLDS` at which stage 1 finds every labelled mitosis of the fields
-    (the lowest when none does)."""
+    (the lowest when none does). Stage 1 runs once per field; only the peaks are redone per threshold."""
     from mssn_monai.ops.matching import match_points
 
     detector = fields.detector
     original = float(detector.candidate_threshold)
+    with torch.inference_mode():
+        fused = [detector.stage1_maps(fields.prepare(image))[detector.fnr.fused_key] for image in images]
     try:
         for t in CANDIDATE_THRESHOLDS:
             detector.candidate_threshold = float(t)
             missed = 0
-            for image, rec in zip(images, records, strict=True):
+            for prob_map, rec in zip(fused, records, strict=True):
                 spacing = float(rec[DatalistKeys.SPACING])
                 gt = np.asarray(rec.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2)
-                cand = fields.candidates(image, spacing)
+                cand = detector.peaks(prob_map, spacing).cpu().numpy()
                 missed += len(gt) - len(match_points(gt, cand[:, :2], MATCH_RADIUS_UM / spacing).gt_idx)
             if missed == 0:
                 return float(t)
