@@ -218,8 +218,7 @@ def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Seq
 
     detector = fields.detector
     original = float(detector.candidate_threshold)
-    with torch.inference_mode():
-        fused = [detector.stage1_maps(fields.prepare(image))[detector.fnr.fused_key] for image in images]
+    fused = [fields.fused_map(image) for image in images]
     try:
         for t in CANDIDATE_THRESHOLDS:
             detector.candidate_threshold = float(t)

@@ -16,6 +16,7 @@ __all__ = [
     "CANDIDATE_THRESHOLD",
     "VOTE_RADIUS_PX",
     "TILE_PX",
+    "MAX_FIT_PIXELS",
     "MODEL_FILE",
     "TORCHSCRIPT_FILE",
 ]
@@ -40,6 +41,9 @@ VOTE_RADIUS_PX: Final[float] = 2.0
 
 TILE_PX: Final[int] = 2048
 """Stage-1 tile side in output pixels: bounds the detector's memory on large regions."""
+
+MAX_FIT_PIXELS: Final[int] = 2048 * 2048
+"""Stain statistics of a larger field come from a regular subsample of at most this many pixels (bounds memory)."""
 
 MODEL_FILE: Final[str] = "model.pt"
 """The bundle's one weight file (``models/model.pt``: both stages, the reference bank, the calibration)."""

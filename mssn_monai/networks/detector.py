@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -45,13 +45,14 @@ from torch import nn
 from mssn_monai.constants import (
     CANDIDATE_THRESHOLD,
     DEFAULT_SPACING_UM,
+    MAX_FIT_PIXELS,
     PEAK_SPACING_UM,
     TILE_PX,
     VOTE_RADIUS_PX,
 )
 from mssn_monai.networks.fnr import OUTPUT_STRIDE, MultiScaleFNR
 from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
-from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
+from mssn_monai.ops.intensity import fit_stride, hwc_to_chw_float, to_float01
 from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
 
@@ -176,21 +177,36 @@ class MSSNDetector(nn.Module):
             ``{name: (ceil(H / 4), ceil(W / 4)) float32}``; cell ``[i, j]`` scores the patch centred at
             pixel ``(x, y) = (4 j, 4 i)``. ``"fused"`` is the per-cell maximum over the sub-models.
         """
-        source = image.unsqueeze(0)
         h, w = int(image.shape[-2]), int(image.shape[-1])
         n_rows = (h + self.output_stride - 1) // self.output_stride
         n_cols = (w + self.output_stride - 1) // self.output_stride
+        return self.stage1_region(image, 0, n_rows, 0, n_cols)
+
+    @torch.jit.export
+    def stage1_region(self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int) -> dict[str, torch.Tensor]:
+        """Cells ``[row0, row0 + rows) x [col0, col0 + cols)`` of :meth:`stage1_maps`, tile by tile.
+
+        The tiles start at ``row0, col0`` and are ``tile_px / 4`` cells on a side, so a region that
+        starts on the tile grid is computed from exactly the same inputs as in the whole-image call
+        (what :class:`FieldDetector` relies on to stream a large field in blocks).
+
+        Args:
+            image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
+            row0, rows, col0, cols: the cells wanted (map coordinates, stride 4), inside the image's map.
+
+        Returns:
+            ``{name: (rows, cols) float32}``, the same names as :meth:`stage1_maps`.
+        """
+        source = image.unsqueeze(0)
         maps: dict[str, torch.Tensor] = {}
-        n_tiles = ((n_rows + self.tile_cells - 1) // self.tile_cells) * (
-            (n_cols + self.tile_cells - 1) // self.tile_cells
-        )
-        for r0 in range(0, n_rows, self.tile_cells):
-            for c0 in range(0, n_cols, self.tile_cells):
-                rows, cols = min(self.tile_cells, n_rows - r0), min(self.tile_cells, n_cols - c0)
-                for name, m in self.fnr.forward_region(source, r0, rows, c0, cols).items():
+        n_tiles = ((rows + self.tile_cells - 1) // self.tile_cells) * ((cols + self.tile_cells - 1) // self.tile_cells)
+        for r0 in range(0, rows, self.tile_cells):
+            for c0 in range(0, cols, self.tile_cells):
+                nr, nc = min(self.tile_cells, rows - r0), min(self.tile_cells, cols - c0)
+                for name, m in self.fnr.forward_region(source, row0 + r0, nr, col0 + c0, nc).items():
                     if name not in maps:
-                        maps[name] = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=image.device)
-                    maps[name][r0 : r0 + rows, c0 : c0 + cols] = m[0, 0].float()
+                        maps[name] = torch.zeros((rows, cols), dtype=torch.float32, device=image.device)
+                    maps[name][r0 : r0 + nr, c0 : c0 + nc] = m[0, 0].float()
                 if not torch.jit.is_scripting():
                     self._tile_done(n_tiles)
         return maps
@@ -275,6 +291,21 @@ class MSSNDetector(nn.Module):
         """
         candidates = self.candidates(image, spacing_um)
         voted, votes, probability = self.vote(image, candidates)
+        return self.decide(candidates, voted, votes, probability)
+
+    @torch.jit.export
+    def decide(
+        self, candidates: torch.Tensor, voted: torch.Tensor, votes: torch.Tensor, probability: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The last step of :meth:`detect`: keep the voted candidates whose probability reaches the operating threshold.
+
+        Args:
+            candidates: ``(N, 3)`` from :meth:`candidates`.
+            voted, votes, probability: ``(N,)`` each, from :meth:`vote` on those candidates.
+
+        Returns:
+            :meth:`detect`'s dictionary.
+        """
         keep = voted & (probability >= self.operating_threshold())
         detections = torch.cat([candidates[keep][:, :2], probability[keep].unsqueeze(1).to(candidates.dtype)], dim=1)
         # the DetectionKeys values, spelled out: TorchScript reads neither class attributes nor global strings
@@ -334,47 +365,155 @@ def detection_map_to_points(detection_map: torch.Tensor) -> torch.Tensor:
 
 
 class FieldDetector:
-    """The numpy face of :class:`MSSNDetector`: ``(H, W, 3)`` uint8 fields in, numpy results out.
+    """The numpy face of :class:`MSSNDetector`: ``(H, W, 3)`` uint8 fields in, numpy results out, memory bounded.
 
     Applies the same steps, in the same order, as the bundle's ``inference.json``: ``uint8 / 255``, the
     stain normaliser (when given), then the detector. The CLI (``detect``, ``candidates``, ``demo``),
     the hard-negative miner and :class:`~mssn_monai.handlers.FitOperatingPoint` all call this one
     object, so training measures the code users run.
 
+    A field is streamed in blocks of ``block_px`` x ``block_px`` pixels (on the detector's tile grid):
+    the field stays uint8, and only one block, with its patch context, is ever converted to float and
+    stain-normalised. Stage 1 stitches the fused map block by block; candidates are found once on the
+    whole map (a mitosis on a block seam is reported once); the vote reads each candidate's block
+    again. A field of one block is processed exactly as :meth:`MSSNDetector.detect` on the whole
+    field; on a larger one the maps are the same values and the votes differ only by float rounding.
+    A :class:`~mssn_monai.transforms.NormalizeHEStain` normaliser is fitted once per field (on a
+    regular subsample of at most ``max_fit_pixels``, :func:`~mssn_monai.ops.intensity.fit_stride`) and
+    applied block by block; any other normaliser is applied to the whole field first.
+
     Args:
         detector: the two-stage detector (its weights loaded); put in eval mode here.
         normalizer: stain normaliser ``(3, H, W) float [0, 1] -> (3, H, W)`` applied first, or ``None``.
+        block_px: block side in pixels; a multiple of the detector's tile (``tile_px``), default one tile.
 
     Example:
         >>> fields = FieldDetector(detector, normalizer)
         >>> fields(image, spacing_um=0.25)["detections"]  # (M, 3) x, y, probability
     """
 
-    def __init__(self, detector: MSSNDetector, normalizer: Any = None) -> None:
+    def __init__(self, detector: MSSNDetector, normalizer: Any = None, block_px: int | None = None) -> None:
+        tile_px = detector.tile_cells * detector.output_stride
+        block_px = tile_px if block_px is None else block_px
+        if isinstance(block_px, bool) or not isinstance(block_px, int) or block_px < tile_px or block_px % tile_px:
+            raise ValueError(f"block_px must be a multiple of the detector's tile ({tile_px} px), got {block_px!r}.")
         self.detector = detector
         self.normalizer = normalizer
+        self.block_px = block_px
 
     @property
     def settings(self) -> dict[str, float | bool]:
         """The thresholds in force, as recorded in each image's JSON summary."""
         return {**self.detector.settings(), "stain_normalization": self.normalizer is not None}
 
+    @property
+    def _device(self) -> torch.device:
+        return next(self.detector.parameters()).device
+
     def prepare(self, image: np.ndarray) -> torch.Tensor:
-        """``(H, W, 3)`` uint8 -> the ``(3, H, W)`` float tensor the detector sees (normalised, on its device)."""
+        """``(H, W, 3)`` uint8 -> the ``(3, H, W)`` float tensor the detector sees (normalised, on its device).
+
+        The whole field at once: for small fields (adaptation, reports); detection streams blocks instead.
+        """
         field = hwc_to_chw_float(image)
         if self.normalizer is not None:
             field = torch.as_tensor(self.normalizer(field))
-        return field.to(next(self.detector.parameters()).device)
+        return field.to(self._device)
+
+    def _reader(self, image: np.ndarray) -> Callable[[int, int, int, int], torch.Tensor]:
+        """``crop(y0, y1, x0, x1)``: that window of ``image`` as the detector sees it, converted on demand."""
+        if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+            raise ValueError(f"image must be (H, W, 3) RGB with H, W >= 1, got shape {tuple(image.shape)}.")
+        norm, device = self.normalizer, self._device
+        if norm is None:
+            return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
+        if not (hasattr(norm, "fit") and hasattr(norm, "apply")):  # an opaque normaliser: the whole field at once
+            field = self.prepare(image)
+            return lambda y0, y1, x0, x1: field[:, y0:y1, x0:x1]
+        step = fit_stride(image.shape[0], image.shape[1], getattr(norm, "max_fit_pixels", MAX_FIT_PIXELS))
+        fitted = norm.fit(hwc_to_chw_float(image[::step, ::step]))
+        if fitted is None:  # the normaliser's fallback: the field unchanged
+            return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
+        return lambda y0, y1, x0, x1: torch.as_tensor(norm.apply(hwc_to_chw_float(image[y0:y1, x0:x1]), fitted)).to(
+            device
+        )
+
+    def _blocks(self, n_rows: int, n_cols: int) -> list[tuple[int, int, int, int]]:
+        """The blocks ``(row0, rows, col0, cols)`` in map cells, in raster order."""
+        bc = self.block_px // self.detector.output_stride
+        return [
+            (r0, min(bc, n_rows - r0), c0, min(bc, n_cols - c0))
+            for r0 in range(0, n_rows, bc)
+            for c0 in range(0, n_cols, bc)
+        ]
+
+    def _progress(self, total: int, desc: str) -> Any:
+        if not self.detector.progress or total < 2:
+            return contextlib.nullcontext(None)
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="block", leave=False)
+
+    def _fused_map(self, crop: Callable, h: int, w: int) -> torch.Tensor:
+        det, s = self.detector, self.detector.output_stride
+        qy, qx = det.fnr.half_extent
+        hy, hx = -(-qy // s) * s, -(-qx // s) * s  # patch context, rounded up to the stride grid
+        n_rows, n_cols = -(-h // s), -(-w // s)
+        fused = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=self._device)
+        blocks = self._blocks(n_rows, n_cols)
+        with self._progress(len(blocks), "stage 1") as bar:
+            for r0, rows, c0, cols in blocks:
+                y0, x0 = max(0, s * r0 - hy), max(0, s * c0 - hx)
+                y1, x1 = min(h, s * (r0 + rows - 1) + qy + 1), min(w, s * (c0 + cols - 1) + qx + 1)
+                maps = det.stage1_region(crop(y0, y1, x0, x1), r0 - y0 // s, rows, c0 - x0 // s, cols)
+                fused[r0 : r0 + rows, c0 : c0 + cols] = maps[det.fnr.fused_key]
+                if bar is not None:
+                    bar.update(1)
+        return fused
+
+    def _vote(self, crop: Callable, h: int, w: int, candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        det, s = self.detector, self.detector.output_stride
+        n = int(candidates.shape[0])
+        centres = torch.floor(candidates[:, :2].double() + 0.5).long()
+        halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
+        blocks = self._blocks(-(-h // s), -(-w // s))
+        if len(blocks) == 1:  # the whole field: MSSNDetector.vote as detect calls it
+            return det.vote(crop(0, h, 0, w), candidates)
+        voted = torch.zeros(n, dtype=torch.bool, device=candidates.device)
+        votes = torch.zeros(n, dtype=det.fpr.calibration.dtype, device=candidates.device)
+        probability = det.fpr.calibrated_score(votes)
+        for r0, rows, c0, cols in blocks:
+            by0, bx0 = s * r0, s * c0
+            by1, bx1 = by0 + s * rows, bx0 + s * cols
+            inside = (centres[:, 1] >= by0) & (centres[:, 1] < by1) & (centres[:, 0] >= bx0) & (centres[:, 0] < bx1)
+            idx = torch.nonzero(inside).flatten()
+            if idx.numel() == 0:
+                continue
+            y0, x0 = max(0, by0 - halo), max(0, bx0 - halo)
+            y1, x1 = min(h, by1 + halo), min(w, bx1 + halo)
+            local = candidates[idx].clone()
+            local[:, 0] -= x0
+            local[:, 1] -= y0
+            v, vs, p = det.vote(crop(y0, y1, x0, x1), local)
+            voted[idx], votes[idx], probability[idx] = v, vs.to(votes.dtype), p.to(probability.dtype)
+        return voted, votes, probability
+
+    def fused_map(self, image: np.ndarray) -> torch.Tensor:
+        """The fused stage-1 map of one field, ``(ceil(H / 4), ceil(W / 4))`` float32 on the detector's device."""
+        with torch.inference_mode(), _eval(self.detector):
+            return self._fused_map(self._reader(image), image.shape[0], image.shape[1])
 
     def candidates(self, image: np.ndarray, spacing_um: float) -> np.ndarray:
         """Stage-1 candidates of one field: ``(N, 3)`` float64 rows ``x, y, fused probability``."""
-        with torch.inference_mode(), _eval(self.detector):
-            return self.detector.candidates(self.prepare(image), float(spacing_um)).cpu().numpy().astype(np.float64)
+        return self.detector.peaks(self.fused_map(image), float(spacing_um)).cpu().numpy().astype(np.float64)
 
     def __call__(self, image: np.ndarray, spacing_um: float) -> dict[str, np.ndarray]:
         """Both stages on one field: :meth:`MSSNDetector.detect`'s keys as numpy (float64 numbers, bool masks)."""
+        h, w = image.shape[0], image.shape[1]
         with torch.inference_mode(), _eval(self.detector):
-            out = self.detector.detect(self.prepare(image), float(spacing_um))
+            crop = self._reader(image)
+            candidates = self.detector.peaks(self._fused_map(crop, h, w), float(spacing_um))
+            out = self.detector.decide(candidates, *self._vote(crop, h, w, candidates))
         return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["to_float01", "to_uint8", "hwc_to_chw_float"]
+from mssn_monai.constants import MAX_FIT_PIXELS
+
+__all__ = ["to_float01", "to_uint8", "hwc_to_chw_float", "fit_stride"]
 
 
 def to_float01(image: torch.Tensor) -> torch.Tensor:
@@ -46,3 +48,19 @@ def hwc_to_chw_float(image: np.ndarray) -> torch.Tensor:
         raise ValueError(f"image must be (H, W, 3) RGB, got shape {tuple(image.shape)}.")
     # np.require copies only a read-only or non-contiguous array (torch refuses to wrap a read-only one)
     return to_float01(torch.from_numpy(np.require(image, requirements=["C", "W"])).permute(2, 0, 1)).contiguous()
+
+
+def fit_stride(height: int, width: int, max_pixels: int = MAX_FIT_PIXELS) -> int:
+    """Smallest step ``s >= 1`` such that every ``s``-th row and column of an image leave at most ``max_pixels``.
+
+    Args:
+        height, width: the image's size in pixels.
+        max_pixels: the most pixels wanted in the subsample.
+
+    Returns:
+        ``s``; ``1`` when the image holds at most ``max_pixels``.
+    """
+    s = 1
+    while -(-height // s) * -(-width // s) > max_pixels:
+        s += 1
+    return s

@@ -42,7 +42,8 @@ from monai.transforms import RandomizableTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type
 from skimage.color import hed_from_rgb, rgb_from_hed
 
-from mssn_monai.ops.intensity import to_float01, to_uint8
+from mssn_monai.constants import MAX_FIT_PIXELS
+from mssn_monai.ops.intensity import fit_stride, to_float01, to_uint8
 
 __all__ = [
     "RandJPEGCompression",
@@ -459,6 +460,8 @@ class NormalizeHEStain(Transform):
         alpha: angle percentile of the Macenko estimate.
         min_tissue_pixels: fewer tissue pixels than this -> unchanged.
         max_angle_deg: tolerance of the estimated vectors around Ruifrok H and E.
+        max_fit_pixels: a larger image is fitted on a regular subsample (every ``s``-th row and column,
+            :func:`fit_stride`) of at most this many pixels; bounds the fit's memory on large fields.
 
     Raises:
         ValueError: a target of the wrong shape, non-positive concentrations or whites.
@@ -477,7 +480,11 @@ class NormalizeHEStain(Transform):
         alpha: float = 1.0,
         min_tissue_pixels: int = 100,
         max_angle_deg: float = 35.0,
+        max_fit_pixels: int = MAX_FIT_PIXELS,
     ) -> None:
+        if isinstance(max_fit_pixels, bool) or not isinstance(max_fit_pixels, int) or max_fit_pixels < 1:
+            raise ValueError(f"max_fit_pixels must be a positive int, got {max_fit_pixels!r}.")
+        self.max_fit_pixels = max_fit_pixels
         stains = np.asarray(target_stains, dtype=np.float64)
         if stains.shape != (2, 3) or not np.all(np.isfinite(stains)) or np.any(np.linalg.norm(stains, axis=1) == 0):
             raise ValueError(f"target_stains must be (2, 3) non-zero rows (H, E) x (R, G, B), got {stains.tolist()!r}.")
@@ -522,7 +529,9 @@ class NormalizeHEStain(Transform):
         _check_rgb(img, type(self).__name__)
         if img.ndim != 3:
             raise ValueError(f"{type(self).__name__} expects one image (3, H, W), got shape {tuple(img.shape)}.")
-        x = _as_tensor(img).detach().cpu().to(torch.float64).numpy()
+        t = _as_tensor(img).detach()
+        stride = fit_stride(int(t.shape[-2]), int(t.shape[-1]), self.max_fit_pixels)
+        x = t[:, ::stride, ::stride].cpu().to(torch.float64).numpy()
         white = self._white_of(x)
         od = -np.log(np.clip(x.reshape(3, -1).T, MIN_INTENSITY, None) / white)
         est = estimate_he_stains(od, self.beta, self.alpha, self.min_tissue_pixels, self.max_angle_deg)
@@ -531,8 +540,21 @@ class NormalizeHEStain(Transform):
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Normalise ``img`` (``(3, H, W)`` float in [0, 1]); returns the same type, or ``img`` itself on fallback."""
         fitted = self.fit(img)
-        if fitted is None:
-            return img
+        return img if fitted is None else self.apply(img, fitted)
+
+    def apply(self, img: NdarrayOrTensor, fitted: tuple[np.ndarray, np.ndarray, np.ndarray]) -> NdarrayOrTensor:
+        """Normalise ``img`` with statistics :meth:`fit` estimated (on it, or on the whole field it is cut from).
+
+        Pixel by pixel, so a crop normalised with its field's statistics equals the same crop of the
+        normalised field: what lets a large field be normalised block by block.
+
+        Args:
+            img: ``(3, H, W)`` float RGB in [0, 1].
+            fitted: ``(white, stains, max_concentrations)`` from :meth:`fit`.
+
+        Returns:
+            the normalised image, same type, dtype and device.
+        """
         white, stains, max_conc = fitted
         x = _as_tensor(img)
         w = torch.as_tensor(white, dtype=x.dtype, device=x.device).view(3, 1, 1)

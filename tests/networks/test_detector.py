@@ -219,3 +219,60 @@ def test_field_detector_applies_the_normaliser_first_and_restores_the_mode(shipp
     assert fields.settings["stain_normalization"] is True
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         fields.prepare(image[..., 0])
+
+
+# ---------------------------------------------------------------- FieldDetector streams a field in blocks
+
+
+def _small_tiles(shipped: MSSNDetector, tile_px: int = 128) -> MSSNDetector:
+    """The shipped weights with small tiles, so a small field spans several blocks."""
+    return MSSNDetector(shipped.fnr, shipped.fpr, tile_px=tile_px).eval()
+
+
+@pytest.fixture(scope="module")
+def crop_with_mitosis(sample) -> np.ndarray:
+    """A 450x390 crop of the sample around its first mitosis: several 128-px blocks, a mitosis inside."""
+    image, mitoses = sample
+    x, y = mitoses[0]
+    y0 = int(np.clip(y - 200, 0, image.shape[0] - 450))
+    x0 = int(np.clip(x - 170, 0, image.shape[1] - 390))
+    return np.ascontiguousarray(image[y0 : y0 + 450, x0 : x0 + 390])
+
+
+def test_blocks_equal_the_whole_field(shipped, crop_with_mitosis):
+    """Stage 1 streamed in 128-px blocks equals the whole-field map bit for bit; the votes to rounding."""
+    det, image = _small_tiles(shipped), crop_with_mitosis
+    fields = FieldDetector(det, block_px=128)
+    with torch.no_grad():
+        ref_map = det.stage1_maps(_chw(image))["fused"]
+        ref = det.detect(_chw(image), 0.2455)
+    torch.testing.assert_close(fields.fused_map(image), ref_map, atol=0, rtol=0)
+    got = fields(image, 0.2455)
+    np.testing.assert_array_equal(got["candidates"], ref["candidates"].numpy())
+    np.testing.assert_allclose(got["votes"], ref["votes"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got["keep"], ref["keep"].numpy())
+    blocks = {(int(x) // 128, int(y) // 128) for x, y, _ in got["candidates"]}
+    assert got["keep"].any() and len(blocks) >= 3  # a real case: something kept, candidates in several blocks
+
+
+def test_blocks_with_a_subsampled_stain_fit_equal_the_whole_field(shipped, crop_with_mitosis):
+    """The normaliser fitted once on a regular subsample, applied block by block = normalising the whole field."""
+    from mssn_monai.transforms import NormalizeHEStain
+
+    det, image = _small_tiles(shipped), crop_with_mitosis
+    norm = NormalizeHEStain(target_white=0.95, max_fit_pixels=20_000)  # 450x390 -> every 3rd row and column
+    fields = FieldDetector(det, norm, block_px=256)
+    with torch.no_grad():
+        ref = det.detect(torch.as_tensor(norm(_chw(image))), 0.2455)
+    got = fields(image, 0.2455)
+    np.testing.assert_allclose(got["candidates"], ref["candidates"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(got["votes"], ref["votes"].numpy(), atol=1e-5)
+    np.testing.assert_array_equal(got["keep"], ref["keep"].numpy())
+
+
+def test_block_size_must_be_a_multiple_of_the_tile(shipped):
+    det = _small_tiles(shipped)
+    for bad in (64, 200, 0, True, 256.0):
+        with pytest.raises(ValueError, match="block_px"):
+            FieldDetector(det, block_px=bad)
+    assert FieldDetector(det).block_px == 128

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01, to_uint8
+from mssn_monai.ops.intensity import fit_stride, hwc_to_chw_float, to_float01, to_uint8
 
 
 def test_every_level_round_trips():
@@ -58,3 +58,14 @@ def test_hwc_to_chw_float():
     for bad in (np.zeros((5, 7), np.uint8), np.zeros((5, 7, 4), np.uint8)):
         with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
             hwc_to_chw_float(bad)
+
+
+@pytest.mark.parametrize(
+    ("h", "w", "limit", "step"),
+    [(10, 10, 100, 1), (10, 10, 99, 2), (2048, 2048, 2048 * 2048, 1), (2049, 2048, 2048 * 2048, 2),
+     (16384, 16384, 2048 * 2048, 8), (1, 5, 1, 5)],
+)  # fmt: skip
+def test_fit_stride_smallest_step_under_the_limit(h, w, limit, step):
+    assert fit_stride(h, w, limit) == step
+    assert -(-h // step) * -(-w // step) <= limit
+    assert step == 1 or -(-h // (step - 1)) * -(-w // (step - 1)) > limit

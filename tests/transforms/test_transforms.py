@@ -212,6 +212,21 @@ def test_normalizer_type_range_and_fixed_white():
         NormalizeHEStain()(torch.rand(2, 3, 8, 8))
 
 
+def test_normalizer_fits_large_images_on_a_regular_subsample_and_applies_pixel_by_pixel():
+    """fit on an image over max_fit_pixels = fit on every s-th row and column; apply on a crop = crop of the whole."""
+    rng = np.random.default_rng(5)
+    img = _field_chw(StainStyle.random(rng), seed=3, size=96)  # 9216 pixels
+    small = NormalizeHEStain(max_fit_pixels=1100)  # -> every 3rd row and column (32 x 32 = 1024)
+    fitted = small.fit(img)
+    for a, b in zip(fitted, NormalizeHEStain().fit(np.ascontiguousarray(img[:, ::3, ::3])), strict=True):
+        np.testing.assert_array_equal(a, b)
+    whole = small.apply(img, fitted)
+    np.testing.assert_array_equal(small.apply(img[:, 10:50, 20:70], fitted), whole[:, 10:50, 20:70])
+    np.testing.assert_array_equal(small(img), whole)
+    with pytest.raises(ValueError, match="max_fit_pixels"):
+        NormalizeHEStain(max_fit_pixels=0)
+
+
 def test_estimate_he_stains_on_pure_mixture():
     # an exact two-stain mixture with known vectors: the estimate recovers them (H first)
     stains = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])
