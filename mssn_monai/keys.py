@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["DatalistKeys", "PatchClass", "PatchKeys", "DetectionKeys", "path_key"]
+__all__ = ["DatalistKeys", "PatchClass", "PatchKeys", "DetectionKeys", "path_key", "error_key"]
 
 
 class DatalistKeys:
@@ -79,3 +79,8 @@ class DetectionKeys:
 def path_key(key: str) -> str:
     """Where a loader keeps the file path of ``key`` (``"image"`` -> ``"image_path"``)."""
     return f"{key}_path"
+
+
+def error_key(key: str) -> str:
+    """Where a loader that skips unreadable files keeps why ``key`` was not read (``"image"`` -> ``"image_error"``)."""
+    return f"{key}_error"

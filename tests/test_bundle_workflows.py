@@ -72,9 +72,15 @@ def test_verify_net_in_out():
 
 
 def test_inference_workflow_equals_detect_command(tmp_path):
+    """Same detections as ``detect``; a truncated PNG beside the field is skipped with one line by both."""
     crop = _crop_of_first_sample(tmp_path / "in")
+    whole = crop.read_bytes()
+    (crop.parent / "truncated.png").write_bytes(whole[: len(whole) // 2])  # header intact, pixels cut
     r = _inference(crop.parent, tmp_path / "bundle_out")
     assert r.returncode == 0, r.stderr[-3000:]
+    skipped = [line for line in (r.stdout + r.stderr).splitlines() if "skipped" in line]
+    assert len(skipped) == 1 and "truncated.png" in skipped[0] and "Traceback" not in r.stderr
+    assert sorted(p.name for p in (tmp_path / "bundle_out").iterdir()) == ["crop.csv", "crop.geojson", "crop.json"]
     d = subprocess.run(
         [sys.executable, "-m", "mssn_monai", "detect", "--input", str(crop.parent), "--out", str(tmp_path / "cli")],
         capture_output=True,

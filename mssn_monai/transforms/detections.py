@@ -21,7 +21,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 
 from mssn_monai.constants import DEFAULT_SPACING_UM
-from mssn_monai.keys import DetectionKeys, path_key
+from mssn_monai.keys import DetectionKeys, error_key, path_key
 
 __all__ = [
     "DetectionMapToPoints",
@@ -174,6 +174,8 @@ class SaveDetectionsd(MapTransform):
         from mssn_monai.outputs import write_detection_outputs
 
         d = dict(data)
+        if d.get(error_key(self.image_key)):  # the loader skipped this file (and said why): nothing to write
+            return d
         path = d.get(path_key(self.image_key))
         if path is None:
             raise KeyError(f"SaveDetectionsd needs '{path_key(self.image_key)}' (the image file) in the data.")
