@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mssn_monai.cli_args import as_flag
 from mssn_monai.constants import MODEL_FILE
 
 __all__ = [
@@ -153,7 +154,7 @@ def latest_checkpoint(directory: str | os.PathLike, prefix: str) -> str | None:
 def stain_normalizer(parser: Any) -> Any:
     """The bundle's detection-time stain normaliser (``stain_normalization``), or ``None`` when
     ``normalize_stain`` is false or absent."""
-    if not parser.get("normalize_stain", False) or "stain_normalization" not in parser:
+    if not as_flag(parser.get("normalize_stain", False), "normalize_stain") or "stain_normalization" not in parser:
         return None
     return parser.get_parsed_content("stain_normalization", instantiate=True)
 

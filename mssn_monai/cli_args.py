@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ArgumentError", "Interval", "check_command_args"]
+__all__ = ["ArgumentError", "Interval", "check_command_args", "as_flag"]
 
 _HELP_FLAGS = ("-h", "--help")
 
@@ -292,3 +292,30 @@ def check_command_args(
     for p in params:
         if p.name in given:
             _check_value(p.name, p, given[p.name], command_limits.get(p.name))
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def as_flag(value: Any, name: str) -> bool:
+    """A boolean setting of a bundle config as given on the ``monai.bundle`` command line, or refused.
+
+    ``python -m monai.bundle run ... --resume false`` passes the *string* ``"false"`` (python-fire reads
+    only ``False`` as a boolean), which Python takes as true: the configs read every boolean through
+    this function so that ``false``, ``no``, ``off`` and ``0`` mean false whatever their case.
+
+    Args:
+        value: a bool, ``0`` / ``1``, or one of the strings above (or ``true``, ``yes``, ``on``, ``1``).
+        name: the config key, for the message.
+
+    Raises:
+        ArgumentError: any other value (the message names the key).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ArgumentError(f"{name} must be true or false, got {value!r}.")

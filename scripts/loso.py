@@ -13,6 +13,7 @@ Usage::
     python scripts/loso.py train --out runs/loso --holdout pale [--epochs 4 --fpr-epochs 15] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
     python scripts/loso.py table --out runs/loso
+    python scripts/loso.py styles --out runs/loso [--bundle B --name N]   # one bundle on every look's test fields
 
 ``all`` does the three steps, training the folds ``--parallel`` at a time (each fold is one
 ``python -m monai.bundle run training`` process). Cost seen on a 16-core H200 machine with six folds at
@@ -114,7 +115,27 @@ def table(out: str) -> list[dict]:
         secs = fold / "train_seconds.txt"
         row["train_seconds"] = float(secs.read_text()) if secs.is_file() else None
         rows.append(row)
-    head = ("held out", "mitoses", "S1 recall", "cand/field", "P", "R", "F1", "best F1")
+    _print(rows)
+    Path(out, "loso.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def styles(out: str, bundle: str | None = None, name: str = "shipped") -> list[dict]:
+    """One bundle (default: the shipped one) on every look's test fields: the table, and ``OUT/<name>.json``.
+
+    For the shipped weights every look but ``default`` is unseen (the "before" of the leave-one-style-out
+    table); for a bundle trained on the whole family none is.
+    """
+    rows = [
+        {"holdout": style, **score_bundle(bundle, Path(out) / "data" / style / "datalist.json")} for style in _styles()
+    ]
+    _print(rows)
+    Path(out, f"{name}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def _print(rows: list[dict]) -> None:
+    head = ("look", "mitoses", "S1 recall", "cand/field", "P", "R", "F1", "best F1")
     print(" ".join(f"{h:>{w}}" for h, w in zip(head, (9, 7, 9, 10, 6, 6, 6, 7), strict=True)))
     for r in rows:
         cells = [r["stage1_recall"], r["candidates_per_field"], r["precision"], r["recall"], r["f1"], r["best_f1"]]
@@ -126,8 +147,6 @@ def table(out: str) -> list[dict]:
     if rows:
         means = [np.mean([r[k] or 0.0 for r in rows]) for k in ("stage1_recall", "f1", "best_f1")]
         print(f"{'mean':>9} {'':>7} {means[0]:>9.3f} {'':>10} {'':>6} {'':>6} {means[1]:>6.3f} {means[2]:>7.3f}")
-    Path(out, "loso.json").write_text(json.dumps(rows, indent=2) + "\n")
-    return rows
 
 
 def all(  # noqa: A001 - the fire command name
@@ -148,4 +167,4 @@ def all(  # noqa: A001 - the fire command name
 
 
 if __name__ == "__main__":
-    fire.Fire({"data": data, "train": train, "table": table, "all": all, "score": score_bundle})
+    fire.Fire({"data": data, "train": train, "table": table, "styles": styles, "all": all, "score": score_bundle})

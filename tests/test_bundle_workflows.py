@@ -97,6 +97,18 @@ def test_inference_workflow_equals_detect_command(tmp_path):
     assert len(geo["features"]) == len(a)
 
 
+def test_inference_workflow_reads_false_on_the_command_line_as_false(tmp_path):
+    """``--normalize_stain false`` arrives as the string 'false': normalisation off; 'flase' is refused."""
+    crop = _crop_of_first_sample(tmp_path / "in", size=64)
+    r = _inference(crop, tmp_path / "o", "--normalize_stain", "false", "--overlay", "no")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "o" / "crop.json").read_text())
+    assert summary["settings"]["stain_normalization"] is False and not (tmp_path / "o" / "crop_overlay.png").exists()
+    bad = _inference(crop, tmp_path / "o2", "--normalize_stain", "flase")
+    assert bad.returncode == 1 and "normalize_stain must be true or false, got 'flase'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
 def test_inference_workflow_bad_checkpoint(tmp_path):
     bad = tmp_path / "model.pt"
     torch.save({"fnr.stem1.conv.weight": torch.zeros(1)}, bad)

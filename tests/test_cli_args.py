@@ -171,3 +171,16 @@ def test_help_still_works():
         [sys.executable, "-m", "mssn_monai", "evaluate", "--help"], capture_output=True, text=True, timeout=60
     )
     assert r.returncode == 0 and "--radius_um" in r.stdout + r.stderr
+
+
+def test_as_flag_reads_the_strings_monai_bundle_passes():
+    """``monai.bundle run ... --resume false`` passes the string 'false': it must mean false, not true."""
+    from mssn_monai.cli_args import as_flag
+
+    for value in (True, 1, "true", "True", " YES ", "on", "1"):
+        assert as_flag(value, "resume") is True
+    for value in (False, 0, "false", "False", "no", "OFF", "0"):
+        assert as_flag(value, "resume") is False
+    for bad in ("flase", "", 2, None, 0.5):
+        with pytest.raises(ArgumentError, match="resume must be true or false"):
+            as_flag(bad, "resume")

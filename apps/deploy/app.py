@@ -174,6 +174,8 @@ def _settings(model_path: Path) -> tuple[dict, float]:
     """
     import torch
 
+    from mssn_monai.cli_args import as_flag
+
     parser = get_bundle_config(str(model_path), "inference")
     keys = ("spacing_um", "candidate_threshold", "min_distance_um", "vote_radius_px")
     ts = model_path if model_path.is_file() else model_path / "models" / "model.ts"
@@ -185,7 +187,7 @@ def _settings(model_path: Path) -> tuple[dict, float]:
         state = torch.load(str(model_path / "models" / "model.pt"), map_location="cpu")
         settings = {k: float(parser.get_parsed_content(k)) for k in keys}
         settings["operating_threshold"] = float(state["fpr.operating_threshold"])
-    settings["stain_normalization"] = bool(parser.get("normalize_stain", True))
+    settings["stain_normalization"] = as_flag(parser.get("normalize_stain", True), "normalize_stain")
     return settings, settings["spacing_um"]
 
 
