@@ -165,7 +165,7 @@ def candidates(
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold!r}")
         fields.detector.candidate_threshold = float(threshold)
-    n = _write_point_csvs(input, out, "candidates", lambda image: fields.candidates(image, spacing))
+    n = _write_point_csvs(input, out, "candidates", lambda image: fields.candidates(image, spacing), lazy=True)
     print(f"wrote stage-1 candidates (threshold {fields.detector.candidate_threshold}) for {n} images to {out}")
 
 
@@ -200,7 +200,7 @@ def detect(
     spacing = _spacing(spacing)
     fields = load_detector(bundle, _device(device))
     counts: list[tuple[str, int, float]] = []
-    for stem, image in _each_image(input, out, "detect"):
+    for stem, image in _each_image(input, out, "detect", lazy=not overlay):
         summary = write_detection_outputs(stem, image, fields(image, spacing), spacing, fields.settings, overlay)
         counts.append((stem.name, summary["count"], summary["mitoses_per_mm2"]))
     for name, count, density in counts:
@@ -385,8 +385,9 @@ def _device(device: str | None) -> Any:
     return dev
 
 
-def _each_image(input: str, out: str, desc: str) -> Iterator[tuple[Path, Any]]:  # noqa: A002
-    """``(out / <stem>, (H, W, 3) uint8)`` for every readable image under ``input``.
+def _each_image(input: str, out: str, desc: str, lazy: bool = False) -> Iterator[tuple[Path, Any]]:  # noqa: A002
+    """``(out / <stem>, (H, W, 3) uint8)`` for every readable image under ``input`` (large tiled TIFFs read
+    by tiles on demand with ``lazy``, for the detector's block streaming).
 
     Refuses, before anything is written, inputs whose outputs would collide; skips (naming it) an image
     that cannot be read; raises ``ValueError`` when none could be.
@@ -400,19 +401,19 @@ def _each_image(input: str, out: str, desc: str) -> Iterator[tuple[Path, Any]]: 
     remove_stale_temporaries(out_dir)
     stems = dict(zip(files, output_stems(files, out_dir), strict=True))
     n = 0
-    for path, image in iter_images(files, desc=desc):
+    for path, image in iter_images(files, desc=desc, lazy=lazy):
         yield stems[path], image
         n += 1
     if n == 0:
         raise ValueError(f"{input}: none of {len(files)} image(s) could be read")
 
 
-def _write_point_csvs(input: str, out: str, desc: str, points_of: Any) -> int:  # noqa: A002
+def _write_point_csvs(input: str, out: str, desc: str, points_of: Any, lazy: bool = False) -> int:  # noqa: A002
     """Write ``out/<stem>.csv`` rows ``x,y,score`` = ``points_of(image)`` for every image; returns how many."""
     from mssn_monai.io import write_detections_csv
 
     n = 0
-    for stem, image in _each_image(input, out, desc):
+    for stem, image in _each_image(input, out, desc, lazy):
         write_detections_csv(stem.parent / f"{stem.name}.csv", points_of(image))
         n += 1
     return n

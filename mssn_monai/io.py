@@ -10,6 +10,7 @@ target only when complete.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import json
@@ -33,6 +34,11 @@ __all__ = [
     "remove_stale_temporaries",
     "read_json",
     "read_image_rgb",
+    "open_image",
+    "TiledTiffImage",
+    "LAZY_TIFF_PIXELS",
+    "MAX_TILED_PIXELS",
+    "MAX_CHUNK_PIXELS",
     "image_size",
     "write_image",
     "list_images",
@@ -215,7 +221,8 @@ def read_image_rgb(path: str | os.PathLike) -> np.ndarray:
         which = "MAX_IMAGE_PIXELS" if is_tiff else "MAX_DECODED_IMAGE_PIXELS"
         raise ValueError(
             f"{path}: the header claims {width}x{height} = {width * height} pixels, more than the limit of "
-            f"{limit} (mssn_monai.io.{which}); refused without decoding (a corrupt file or a decompression bomb)"
+            f"{limit} (mssn_monai.io.{which}); refused without decoding (a corrupt file, a decompression bomb, "
+            "or an image too large to decode whole: write it as a tiled TIFF, which is read by tiles)"
         )
     try:
         if is_tiff:
@@ -242,9 +249,11 @@ MAX_IMAGE_PIXELS = 30000 * 30000
 """Largest TIFF (level 0, width x height) :func:`read_image_rgb` decodes; larger ones are refused from the
 header. Set ``mssn_monai.io.MAX_IMAGE_PIXELS`` to change it."""
 
-MAX_DECODED_IMAGE_PIXELS = 20000 * 20000
-"""Largest PNG, JPEG or BMP :func:`read_image_rgb` decodes (these are decoded whole, never by tiles);
-larger ones are refused from the header. Set ``mssn_monai.io.MAX_DECODED_IMAGE_PIXELS`` to change it."""
+MAX_DECODED_IMAGE_PIXELS = 12000 * 12000
+"""Largest PNG, JPEG or BMP :func:`read_image_rgb` decodes (these are decoded whole, never by tiles, and
+Pillow holds 4 bytes a pixel while decoding: 12000x12000 keeps ``detect`` under 2 GB); larger ones are
+refused from the header (write them as tiled TIFF). Set ``mssn_monai.io.MAX_DECODED_IMAGE_PIXELS`` to
+change it."""
 
 _PILLOW_LOCK = threading.Lock()
 
@@ -308,6 +317,146 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     if width < 1 or height < 1:
         raise ValueError(f"{path}: image has no pixels ({width}x{height})")
     return width, height
+
+
+LAZY_TIFF_PIXELS = 4096 * 4096
+"""A TIFF larger than this is opened as a :class:`TiledTiffImage` by :func:`open_image` (read by chunks)."""
+
+MAX_CHUNK_PIXELS = 4096 * 4096
+"""Largest tile or strip :class:`TiledTiffImage` decodes at a time (a page in bigger chunks is read whole)."""
+
+MAX_TILED_PIXELS = 50000 * 50000
+"""Largest tiled TIFF page :func:`open_image` opens (read tile by tile, so memory is not the limit: time is)."""
+
+
+class TiledTiffImage:
+    """A TIFF's first page (level 0), read chunk by chunk on demand: an ``(H, W, 3)`` uint8 array face.
+
+    The chunks are the page's tiles, or its strips when it is not tiled. Indexing with two slices
+    (``image[y0:y1, x0:x1]``, steps allowed: ``image[::8, ::8]``) decodes only the chunks the window
+    touches and returns an ``(h, w, 3)`` uint8 array converted as :func:`read_image_rgb` converts (grey
+    repeated, alpha dropped, 16-bit shifted to 8). Decoded chunks are kept in a small cache
+    (``cache_mb``), so neighbouring windows do not decode them again. Memory is bounded by the window
+    and the cache, whatever the image size: :class:`~mssn_monai.networks.detector.FieldDetector` reads
+    one block at a time from it. ``np.asarray(image)`` reads the whole page.
+
+    Args:
+        path: a TIFF whose first page is chunky (``planarconfig`` contiguous), uint8 or uint16 with 1 to 4
+            samples per pixel, in chunks of at most :data:`MAX_CHUNK_PIXELS` pixels (:func:`open_image`
+            checks this and falls back to a whole read).
+        cache_mb: decoded chunks kept, in MB.
+
+    Raises:
+        ValueError: a page that does not qualify (the message names the file).
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_mb: float = 256.0) -> None:
+        import tifffile
+
+        self.path = Path(path)
+        self._tif = tifffile.TiffFile(self.path)
+        page = self._tif.pages[0]
+        chunk = (int(page.chunks[0]), int(page.chunks[1])) if len(page.chunks) >= 2 else (0, 0)
+        ok = (
+            page.imagedepth == 1
+            and page.planarconfig == 1
+            and page.samplesperpixel <= 4
+            and np.dtype(page.dtype) in (np.uint8, np.uint16)
+            and 0 < chunk[0] * chunk[1] <= MAX_CHUNK_PIXELS
+            and len(page.dataoffsets) == -(-int(page.imagelength) // chunk[0]) * -(-int(page.imagewidth) // chunk[1])
+        )
+        if not ok:
+            self._tif.close()
+            raise ValueError(f"{self.path}: not a chunky uint8/uint16 TIFF page in small tiles or strips")
+        self._page = page
+        self.tile = chunk
+        self.shape = (int(page.imagelength), int(page.imagewidth), 3)
+        self.ndim, self.dtype = 3, np.dtype(np.uint8)
+        self._grid = (-(-self.shape[0] // chunk[0]), -(-self.shape[1] // chunk[1]))
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._cache_bytes, self._cache_limit = 0, int(cache_mb * 2**20)
+
+    def close(self) -> None:
+        """Close the file (also done when the object is collected)."""
+        self._tif.close()
+        self._cache.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._tif.close()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:, :]
+        return out if dtype is None else out.astype(dtype)
+
+    def _tile(self, ty: int, tx: int) -> np.ndarray:
+        """Chunk ``(ty, tx)`` of the grid as ``(tile_h, tile_w, samples)`` raw pixels (zero beyond the image)."""
+        index = ty * self._grid[1] + tx
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        page, fh = self._page, self._tif.filehandle
+        tile = np.zeros((*self.tile, page.samplesperpixel), dtype=page.dtype)
+        offset, count = page.dataoffsets[index], page.databytecounts[index]
+        if count:  # 0: a sparse (empty) chunk
+            fh.seek(offset)
+            segment, _, _ = page.decode(fh.read(count), index, jpegtables=page.jpegtables)
+            seg = np.asarray(segment)
+            seg = seg.reshape(seg.shape[-3], seg.shape[-2], -1)
+            tile[: seg.shape[0], : seg.shape[1]] = seg[: self.tile[0], : self.tile[1]]
+        self._cache[index] = tile
+        self._cache_bytes += tile.nbytes
+        while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
+            self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return tile
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
+            raise TypeError(f"{type(self).__name__} takes two slices (rows, columns), got {key!r}")
+        rows = np.arange(self.shape[0])[key[0]]
+        cols = np.arange(self.shape[1])[key[1]]
+        if not (len(rows) and len(cols)):
+            return np.zeros((len(rows), len(cols), 3), dtype=np.uint8)
+        out = np.zeros((len(rows), len(cols), self._page.samplesperpixel), dtype=self._page.dtype)
+        th, tw = self.tile
+        for ty in np.unique(rows // th):
+            r_sel = np.nonzero(rows // th == ty)[0]
+            for tx in np.unique(cols // tw):
+                c_sel = np.nonzero(cols // tw == tx)[0]
+                tile = self._tile(int(ty), int(tx))
+                out[np.ix_(r_sel, c_sel)] = tile[np.ix_(rows[r_sel] - ty * th, cols[c_sel] - tx * tw)]
+        return _to_rgb_uint8(out, self.path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, shape={self.shape}, tile={self.tile})"
+
+
+def open_image(path: str | os.PathLike) -> np.ndarray | TiledTiffImage:
+    """:func:`read_image_rgb`, except that a large tiled TIFF is opened lazily as a :class:`TiledTiffImage`.
+
+    Large means more than :data:`LAZY_TIFF_PIXELS` pixels; the page must qualify (small tiles or strips,
+    chunky, uint8/uint16), else the file is read whole as by :func:`read_image_rgb` (and its size limits
+    apply). A page is refused above :data:`MAX_TILED_PIXELS` (a corrupt file or a decompression bomb).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`read_image_rgb`.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _TIFF_SUFFIXES and path.is_file():
+        width, height = image_size(path)
+        if width * height > MAX_TILED_PIXELS:
+            raise ValueError(
+                f"{path}: the header claims {width}x{height} pixels, more than the limit of {MAX_TILED_PIXELS} "
+                "(mssn_monai.io.MAX_TILED_PIXELS); refused without decoding (a corrupt file or a decompression bomb)"
+            )
+        if width * height > LAZY_TIFF_PIXELS:
+            try:
+                return TiledTiffImage(path)
+            except ValueError:
+                pass  # another layout (planar, float, one huge strip): the whole-image reader, with its limits
+            except Exception as e:  # a corrupt header or tile table
+                raise ValueError(f"{path}: cannot read image ({_one_line(e)})") from e
+    return read_image_rgb(path)
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -590,16 +739,19 @@ def output_stems(files: Sequence[str | os.PathLike], out: str | os.PathLike) -> 
     return [Path(out) / Path(f).stem for f in files]
 
 
-def iter_images(files: Sequence[str | os.PathLike], desc: str = "images") -> Iterator[tuple[Path, np.ndarray]]:
+def iter_images(
+    files: Sequence[str | os.PathLike], desc: str = "images", lazy: bool = False
+) -> Iterator[tuple[Path, np.ndarray]]:
     """Yield ``(path, (H, W, 3) uint8 image)`` for each readable file, with a progress bar.
 
     A file that cannot be read is reported (one line naming it) and skipped; the others are still read.
+    With ``lazy``, a large tiled TIFF comes as a :class:`TiledTiffImage` (:func:`open_image`).
     """
     from tqdm import tqdm
 
     for path in tqdm([Path(f) for f in files], desc=desc, unit="image", disable=len(files) < 2):
         try:
-            image = read_image_rgb(path)
+            image = open_image(path) if lazy else read_image_rgb(path)
         except (OSError, ValueError) as e:
             logger.error("%s", e)
             continue

@@ -263,3 +263,72 @@ def test_signed_16_bit_tiff_is_mapped_with_a_warning(tmp_path, caplog):
     assert "s.tif" in caplog.text and "signed 16-bit" in caplog.text
     tifffile.imwrite(tmp_path / "small.tif", np.array([[-5, 0], [100, 255]], np.int16))
     np.testing.assert_array_equal(read_image_rgb(tmp_path / "small.tif")[..., 1], [[0, 0], [100, 255]])
+
+
+# ---------------------------------------------------------------- tiled TIFFs read by tiles
+
+
+@pytest.mark.parametrize(("dtype", "samples"), [(np.uint8, 3), (np.uint8, 4), (np.uint16, 1), (np.uint16, 3)])
+def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples):
+    """Any window (steps, edges, partial edge tiles, empty) equals the same window of the whole image."""
+    from mssn_monai.io import TiledTiffImage
+
+    rng = np.random.default_rng(0)
+    hi = 255 if dtype == np.uint8 else 65535
+    shape = (600, 530) if samples == 1 else (600, 530, samples)
+    pixels = rng.integers(0, hi, shape).astype(dtype)
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(
+        path,
+        pixels,
+        tile=(128, 256),
+        photometric="minisblack" if samples == 1 else "rgb",
+        extrasamples=[2] if samples == 4 else None,
+    )
+    whole = read_image_rgb(path)
+    lazy = TiledTiffImage(path)
+    assert lazy.shape == whole.shape and lazy.tile == (128, 256)
+    for rows, cols in [
+        (slice(None), slice(None)), (slice(100, 333), slice(255, 514)), (slice(None, None, 7), slice(3, None, 5)),
+        (slice(590, 700), slice(0, 1)), (slice(10, 10), slice(0, 5)),
+    ]:  # fmt: skip
+        np.testing.assert_array_equal(lazy[rows, cols], whole[rows, cols])
+    np.testing.assert_array_equal(np.asarray(lazy), whole)
+    with pytest.raises(TypeError, match="two slices"):
+        lazy[3]
+    lazy.close()
+
+
+def test_open_image_reads_large_tiled_tiffs_lazily_and_refuses_bombs(tmp_path, monkeypatch):
+    import mssn_monai.io as io
+    from mssn_monai.io import TiledTiffImage, open_image
+
+    pixels = np.random.default_rng(1).integers(0, 255, (300, 200, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "tiled.tif", pixels, tile=(64, 64), photometric="rgb")
+    tifffile.imwrite(tmp_path / "planar.tif", np.moveaxis(pixels, -1, 0), photometric="rgb", planarconfig="separate")
+    assert isinstance(open_image(tmp_path / "tiled.tif"), np.ndarray)  # small: read whole
+    monkeypatch.setattr(io, "LAZY_TIFF_PIXELS", 1000)
+    lazy = open_image(tmp_path / "tiled.tif")
+    assert isinstance(lazy, TiledTiffImage)
+    np.testing.assert_array_equal(np.asarray(lazy), pixels)
+    planar = open_image(tmp_path / "planar.tif")  # not chunky: the whole-image reader
+    assert isinstance(planar, np.ndarray)
+    np.testing.assert_array_equal(planar, pixels)
+    monkeypatch.setattr(io, "MAX_TILED_PIXELS", 50_000)
+    with pytest.raises(ValueError, match="more than the limit.*MAX_TILED_PIXELS.*decompression bomb"):
+        open_image(tmp_path / "tiled.tif")
+
+
+def test_stripped_tiff_is_read_by_strips_with_a_cache(tmp_path):
+    """A TIFF in strips (the common non-tiled layout) reads by strips; a repeated window decodes nothing new."""
+    from mssn_monai.io import TiledTiffImage
+
+    pixels = np.random.default_rng(2).integers(0, 255, (301, 77, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "s.tif", pixels, rowsperstrip=16, photometric="rgb", compression="zlib")
+    lazy = TiledTiffImage(tmp_path / "s.tif", cache_mb=0.01)  # room for about 2 strips
+    assert lazy.tile == (16, 77)
+    np.testing.assert_array_equal(lazy[290:301, 5:9], pixels[290:301, 5:9])  # the short last strip
+    np.testing.assert_array_equal(lazy[::3, ::2], pixels[::3, ::2])
+    assert len(lazy._cache) <= 3 and lazy._cache_bytes <= 3 * 16 * 77 * 3
+    tifffile.imwrite(tmp_path / "one.tif", pixels, rowsperstrip=301, photometric="rgb")
+    assert TiledTiffImage(tmp_path / "one.tif").tile == (301, 77)  # one small strip still qualifies

@@ -276,3 +276,16 @@ def test_block_size_must_be_a_multiple_of_the_tile(shipped):
         with pytest.raises(ValueError, match="block_px"):
             FieldDetector(det, block_px=bad)
     assert FieldDetector(det).block_px == 128
+
+
+def test_blocks_read_from_a_tiled_tiff_equal_the_array(shipped, crop_with_mitosis, tmp_path):
+    """A TiledTiffImage (read by tiles as blocks ask) gives the detections of the same pixels in memory."""
+    import tifffile
+
+    from mssn_monai.io import TiledTiffImage
+
+    tifffile.imwrite(tmp_path / "f.tif", crop_with_mitosis, tile=(64, 64), photometric="rgb")
+    fields = FieldDetector(_small_tiles(shipped), block_px=128)
+    got, ref = fields(TiledTiffImage(tmp_path / "f.tif"), 0.2455), fields(crop_with_mitosis, 0.2455)
+    for key, value in ref.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
