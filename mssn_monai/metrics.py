@@ -41,6 +41,7 @@ import numpy as np
 from mssn_monai.ops.matching import MatchingMethod, match_points, pairwise_distances
 
 __all__ = [
+    "detection_uncertainty",
     "DetectionCounts",
     "detection_counts",
     "sum_counts",
@@ -264,3 +265,36 @@ def best_threshold(thresholds: np.ndarray, f1: np.ndarray) -> tuple[float | None
     order = np.argsort(thresholds, kind="stable")
     i = order[int(np.argmax(f1[order]))]  # argmax takes the first maximum, i.e. the lowest threshold
     return float(thresholds[i]), float(f1[i])
+
+
+def detection_uncertainty(probability: np.ndarray, threshold: float, area_mm2: float, width: float = 1.0) -> float:
+    """How many of a field's candidates the detector is unsure about, per mm²: the active-learning score.
+
+    Each candidate counts ``exp(-(d / width)^2)`` where ``d = logit(p) - logit(threshold)`` is its
+    calibrated probability's distance from the operating threshold on the logit scale: 1 at the
+    threshold, 0.37 one ``width`` away, nearly 0 for sure mitoses and sure non-mitoses. The sum is
+    divided by the field's area, so large and small fields compare.
+
+    Args:
+        probability: ``(N,)`` calibrated probabilities of the field's voted candidates, in ``[0, 1]``.
+        threshold: the operating threshold, in ``(0, 1)``.
+        area_mm2: the field's area in mm² (> 0).
+        width: the logit distance at which a candidate counts ``1/e``.
+
+    Returns:
+        the uncertainty per mm² (0 for a field without candidates).
+
+    Raises:
+        ValueError: a threshold outside ``(0, 1)``, a non-positive area or width, or non-finite probabilities.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    if not (area_mm2 > 0 and width > 0):
+        raise ValueError(f"area_mm2 and width must be > 0, got {area_mm2!r}, {width!r}")
+    p = np.asarray(probability, dtype=np.float64).reshape(-1)
+    if not np.all(np.isfinite(p)):
+        raise ValueError("probability must be finite")
+    eps = 1e-6
+    p = np.clip(p, eps, 1.0 - eps)
+    d = np.log(p / (1.0 - p)) - math.log(threshold / (1.0 - threshold))
+    return float(np.exp(-((d / width) ** 2)).sum() / area_mm2)

@@ -163,3 +163,23 @@ def test_sweep_equals_thresholding_each_image(method, seed):
             detection_counts(g, d[d[:, 2] >= t, :2], r, method) for g, d, r in zip(gts, dets, radii, strict=True)
         )
         assert (tp[i], fp[i], fn[i]) == ref
+
+
+def test_detection_uncertainty_exact_cases():
+    from mssn_monai.metrics import detection_uncertainty
+
+    # at the threshold: 1 each; one logit width away (p = sigmoid(logit(t) +- 1)): 1/e each; per mm2
+    t = 0.3
+    lt = np.log(t / (1 - t))
+    p = 1 / (1 + np.exp(-np.array([lt, lt + 1.0, lt - 1.0])))
+    assert detection_uncertainty(p, t, area_mm2=0.5) == pytest.approx((1 + 2 / np.e) / 0.5)
+    assert detection_uncertainty(np.array([]), t, 1.0) == 0.0
+    sure = detection_uncertainty(np.array([0.0, 1.0, 0.999]), t, 1.0)
+    assert 0.0 <= sure < 1e-6  # sure mitoses and sure non-mitoses count (almost) nothing
+    assert detection_uncertainty(p, t, 1.0, width=1e6) == pytest.approx(3.0)
+    for bad in ({"threshold": 0.0}, {"threshold": 1.0}, {"area_mm2": 0.0}, {"width": -1.0}):
+        kwargs = {"probability": p, "threshold": t, "area_mm2": 1.0, **bad}
+        with pytest.raises(ValueError):
+            detection_uncertainty(**kwargs)
+    with pytest.raises(ValueError, match="finite"):
+        detection_uncertainty(np.array([np.nan]), t, 1.0)
