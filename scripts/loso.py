@@ -13,6 +13,7 @@ Usage::
     python scripts/loso.py train --out runs/loso --holdout pale [--epochs 4 --fpr-epochs 15] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
     python scripts/loso.py table --out runs/loso
+    python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
     python scripts/loso.py styles --out runs/loso [--bundle B --name N]   # one bundle on every look's test fields
     python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2]       # adapt each fold to its held-out look
 
@@ -64,6 +65,40 @@ def data(out: str, train: int = 16, val: int = 4, test: int = 10, size: int = 76
         sections = {"training": records[:train], "validation": records[train : train + val]}
         write_datalist({**sections, "testing": records[train + val :]}, root / "datalist.json")
         print(f"{style}: {n} fields of {size}x{size}")
+
+
+def family(out: str, random_train: int = 12, random_val: int = 8, size: int = 1024) -> Path:
+    """The whole family in one datalist, ``OUT/family/datalist.json``: what the shipped weights train on.
+
+    Training: every look's training and validation fields (from :func:`data`) plus ``random_train``
+    fields of the ``random`` style (each slide a fresh draw from the whole family). Validation (where
+    the operating threshold and every setting are chosen): ``random_val`` other ``random`` fields, so
+    the choice is made on looks no named style pins down. The looks' test fields stay out.
+    """
+    from mssn_monai.data.datalist import load_datalist, write_datalist
+    from mssn_monai.data.formats import read_mitos_atypia14
+    from mssn_monai.data.synthetic import generate_dataset
+
+    root = Path(out)
+    sets = {"random_train": (random_train, 400), "random": (random_val, 300)}
+    for name, (n, seed) in sets.items():
+        if not (root / "data" / name / "datalist.json").is_file():
+            fields = root / "data" / name / "fields"
+            generate_dataset(fields, n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style="random")
+            records = sorted(read_mitos_atypia14(fields), key=lambda r: r["image"])
+            section = "training" if name == "random_train" else "validation"
+            write_datalist({section: records}, root / "data" / name / "datalist.json")
+    training = []
+    for style in _styles():
+        dl = root / "data" / style / "datalist.json"
+        training += load_datalist(dl, "training") + load_datalist(dl, "validation")
+    training += load_datalist(root / "data" / "random_train" / "datalist.json", "training")
+    validation = load_datalist(root / "data" / "random" / "datalist.json", "validation")
+    path = root / "family" / "datalist.json"
+    write_datalist({"training": training, "validation": validation}, path)
+    n_mitoses = sum(len(r["mitoses"]) for r in training)
+    print(f"{path}: {len(training)} training fields ({n_mitoses} mitoses), {len(validation)} validation fields")
+    return path
 
 
 def _fold_datalist(out: Path, holdout: str) -> Path:
@@ -220,6 +255,7 @@ if __name__ == "__main__":
     fire.Fire(
         {
             "data": data,
+            "family": family,
             "train": train,
             "table": table,
             "styles": styles,
