@@ -103,3 +103,29 @@ def test_read_detections_csv_returns_finite_rows_or_names_the_file(text, raw, bi
             assert "fuzzed_rows.csv" in str(e), str(e)
             return
     assert out.dtype == np.float64 and out.ndim == 2 and out.shape[1] == 3 and np.isfinite(out).all()
+
+
+@FUZZ
+@given(
+    h=st.integers(1, 90),
+    w=st.integers(1, 90),
+    tile=st.sampled_from([16, 32, 48]),
+    strips=st.booleans(),
+    window=st.tuples(st.integers(-100, 100), st.integers(-100, 100), st.integers(1, 9)),
+    seed=st.integers(0, 2**16),
+)
+def test_tiff_windows_read_by_chunks_equal_the_whole_image(h, w, tile, strips, window, seed):
+    """Any slice of a TIFF read chunk by chunk (tiles or strips, edge chunks, steps) equals the whole read."""
+    from mssn_monai.io import TiledTiffImage
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3)).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.tif"
+        layout = {"rowsperstrip": tile} if strips else {"tile": (tile, tile)}
+        tifffile.imwrite(path, pixels, photometric="rgb", **layout)
+        lazy = TiledTiffImage(path, cache_mb=0.005)
+        start, stop, step = window
+        rows, cols = slice(start, stop, step), slice(stop, None, step)
+        np.testing.assert_array_equal(lazy[rows, cols], pixels[rows, cols])
+        np.testing.assert_array_equal(lazy[::step, ::step], pixels[::step, ::step])
+        lazy.close()
