@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all lint format clean check-integrations
+.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv label-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,42 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out
 
-## MONAI Label and MONAI Deploy against `detect` (needs .venvs/label and .venvs/deploy, or MSSN_LABEL_VENV / MSSN_DEPLOY_VENV; see bundle/docs/README.md)
+## MONAI Label and MONAI Deploy against `detect` (needs .venvs/label from `make label-venv` and .venvs/deploy,
+## or MSSN_LABEL_VENV / MSSN_DEPLOY_VENV; see bundle/docs/README.md)
 check-integrations: $(STAMP)
 	bash scripts/check_integrations.sh
+
+## MONAI Label 0.8.5 in its own virtual environment (MSSN_LABEL_VENV, default .venvs/label), made once:
+## monailabel with --no-deps plus its declared requirements minus sam2 (apps/monailabel/requirements.txt),
+## torch pinned by constraints.txt (the CPU build where pip finds it), this package with --no-deps, and
+## torchvision made importable next to a CPU torch (scripts/torchvision_cpu_guard.py). See bundle/docs/README.md.
+MSSN_LABEL_VENV ?= .venvs/label
+LABEL_PY := $(MSSN_LABEL_VENV)/bin/python
+LABEL_STAMP := $(MSSN_LABEL_VENV)/.installed
+
+$(LABEL_STAMP): apps/monailabel/requirements.txt constraints.txt pyproject.toml scripts/torchvision_cpu_guard.py
+	test -x $(LABEL_PY) || $(PYTHON) -m venv $(MSSN_LABEL_VENV)
+	$(LABEL_PY) -m pip install --quiet --upgrade pip
+	$(LABEL_PY) -m pip install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
+	$(LABEL_PY) -m pip install --quiet --no-deps "monailabel==0.8.5"
+	$(LABEL_PY) -m pip install --quiet -c $(CONSTRAINTS) -r apps/monailabel/requirements.txt
+	$(LABEL_PY) -m pip install --quiet --no-deps -e .
+	$(LABEL_PY) scripts/torchvision_cpu_guard.py
+	$(LABEL_PY) -c "import monailabel.tasks.infer.bundle, monailabel.transform.post, mssn_monai; print('monailabel', monailabel.__version__)"
+	touch $(LABEL_STAMP)
+
+label-venv: $(LABEL_STAMP)
+
+## the MONAI Label server for apps/monailabel, in the foreground: make label-server STUDIES=DIR [PORT=8000]
+## (builds $(MSSN_LABEL_VENV) first when it has no monailabel; Ctrl-C stops it)
+PORT ?= 8000
+STUDIES ?=
+LABEL_BIN = $(abspath $(MSSN_LABEL_VENV))/bin
+
+label-server:
+	@test -n "$(STUDIES)" || { echo "usage: make label-server STUDIES=DIR [PORT=8000]" >&2; exit 2; }
+	@test -d "$(STUDIES)" || { echo "STUDIES=$(STUDIES): no such folder" >&2; exit 2; }
+	@test -x $(LABEL_BIN)/monailabel || $(MAKE) label-venv
+	PATH="$(LABEL_BIN):$$PATH" MONAILABEL_PYEXE="$(LABEL_BIN)/python" $(LABEL_BIN)/monailabel start_server \
+	  --app apps/monailabel --studies "$(STUDIES)" --host 127.0.0.1 --port $(PORT) \
+	  --conf models mssn_mitosis --conf zoo_source github --conf sam2 false

@@ -4,7 +4,8 @@
 # exits non-zero when a check fails.
 #
 # Needs the two separate virtual environments described in bundle/docs/README.md:
-#   MSSN_LABEL_VENV  (default .venvs/label):  monailabel 0.8.5 + this package (pip install --no-deps -e .)
+#   MSSN_LABEL_VENV  (default .venvs/label):  `make label-venv` (monailabel 0.8.5 without sam2, the CPU torch
+#                                             of constraints.txt, this package with --no-deps)
 #   MSSN_DEPLOY_VENV (default .venvs/deploy): monai-deploy-app-sdk 4.0.0 + this package
 # and the main environment (PYTHON, default .venv/bin/python) for the reference run and the TorchScript export.
 #
@@ -22,7 +23,7 @@ if [ $# -gt 0 ]; then IMAGES=("$@"); else
   IMAGES=("$ROOT/bundle/samples/images/S2027002_03.png" "$ROOT/bundle/samples/images/S2027005_00.png")
 fi
 for v in "$LABEL_VENV" "$DEPLOY_VENV"; do
-  [ -x "$v/bin/python" ] || { echo "SKIP: no virtual environment at $v (see bundle/docs/README.md)"; exit 2; }
+  [ -x "$v/bin/python" ] || { echo "SKIP: no virtual environment at $v (make label-venv; see bundle/docs/README.md)"; exit 2; }
 done
 [ -x "$PYTHON" ] || { echo "SKIP: no main environment python at $PYTHON"; exit 2; }
 

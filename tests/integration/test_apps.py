@@ -2,8 +2,9 @@
 
 Marked ``integration`` (deselected by default; run ``pytest -m integration``). They need the two separate
 virtual environments of ``bundle/docs/README.md`` and skip without them: ``MSSN_LABEL_VENV`` (default
-``.venvs/label`` in the checkout: monailabel 0.8.5 + this package) and ``MSSN_DEPLOY_VENV`` (default
-``.venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes on 2 CPU cores.
+``.venvs/label`` in the checkout, made by ``make label-venv``: monailabel 0.8.5 + this package) and
+``MSSN_DEPLOY_VENV`` (default ``.venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes
+on 2 CPU cores.
 """
 
 from __future__ import annotations
