@@ -170,7 +170,10 @@ def styles(out: str, bundle: str | None = None, name: str = "shipped") -> list[d
     return rows
 
 
-def adapt(out: str, k: int = 4, epochs: int = 2, forget_style: str = "default", forget_fields: int = 8) -> list[dict]:
+def adapt(
+    out: str, k: int = 4, epochs: int = 2, forget_style: str = "default", forget_fields: int = 8,
+    holdouts: str | tuple[str, ...] | None = None,
+) -> list[dict]:  # fmt: skip
     """``adapt`` each trained fold's bundle to its held-out look with ``k`` labelled fields of that look.
 
     The labelled fields are the held-out look's first ``k`` *training* fields holding a mitosis (never
@@ -178,24 +181,33 @@ def adapt(out: str, k: int = 4, epochs: int = 2, forget_style: str = "default", 
     steps 1+2 (reference bank and calibration, no gradient step) and 1+2+3 (plus ``epochs`` of
     fine-tuning with the fold's own training fields as replay). Forgetting: F1 on ``forget_fields`` test
     fields of ``forget_style`` (``shifted`` for the fold that holds that look out) after 1+2+3 minus before.
-    Prints the table and writes ``OUT/loso_adapt.json``.
+    ``holdouts`` limits the run to those folds (comma-separated); each fold's row is also written to
+    ``OUT/folds/<look>/adapt_k<k>/row.json``, and the table gathers every fold's row found. Prints the
+    table and writes ``OUT/loso_adapt.json``.
     """
     from mssn_monai.adapt import adapt_bundle
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root, rows = Path(out), []
+    wanted = (
+        _styles() if holdouts is None else [h for h in (holdouts.split(",") if isinstance(holdouts, str) else holdouts)]
+    )
     for style in _styles():
         fold = root / "folds" / style
-        if not (fold / "bundle" / "models" / "model.pt").is_file():
-            continue
         work = fold / f"adapt_k{k}"
+        if style not in wanted or not (fold / "bundle" / "models" / "model.pt").is_file():
+            if (work / "row.json").is_file():
+                rows.append(json.loads((work / "row.json").read_text()))
+            continue
         labelled = [r for r in load_datalist(root / "data" / style / "datalist.json", "training") if r["mitoses"]][:k]
         write_datalist({"training": labelled}, work / "labelled.json")
         keep = forget_style if style != forget_style else "shifted"
         forget = load_datalist(root / "data" / keep / "datalist.json", "testing")[:forget_fields]
         write_datalist({"testing": forget}, work / "forget.json")
         row = {"holdout": style, "k": k, "labelled_mitoses": sum(len(r["mitoses"]) for r in labelled)}
-        row["f1_before"] = score_bundle(fold / "bundle", fold / "datalist.json")["f1"]
+        table_rows = json.loads((root / "loso.json").read_text()) if (root / "loso.json").is_file() else []
+        known = [r["f1"] for r in table_rows if r["holdout"] == style]  # the table's score of this fold
+        row["f1_before"] = known[0] if known else score_bundle(fold / "bundle", fold / "datalist.json")["f1"]
         forget_before = score_bundle(fold / "bundle", work / "forget.json")["f1"]
         for name, ep in (("bank", 0), ("finetune", epochs)):
             t0 = time.perf_counter()
@@ -207,6 +219,7 @@ def adapt(out: str, k: int = 4, epochs: int = 2, forget_style: str = "default", 
             row[f"f1_{name}"] = score_bundle(work / name, fold / "datalist.json")["f1"]
         row["forgetting"] = score_bundle(work / "finetune", work / "forget.json")["f1"] - forget_before
         row["forget_style"] = keep
+        (work / "row.json").write_text(json.dumps(row, indent=2) + "\n")
         rows.append(row)
         print(json.dumps(row), flush=True)
     print(f"{'held out':>9} {'F1 before':>9} {'bank':>6} {'+ft':>6} {'s (ft)':>7} {'forget':>7}")
