@@ -17,8 +17,11 @@ import os
 
 import lib.configs
 import monailabel
+from lib.datastore import PointLabelDatastore
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.class_utils import get_class_names
@@ -52,6 +55,17 @@ class MyApp(MONAILabelApp):
             name=f"MONAILabel - MSSN mitosis detection ({monailabel.__version__})",
             description="Two-stage MSSN mitotic figure detection in H&E fields (research only)",
             version=monailabel.__version__,
+        )
+
+    def init_datastore(self) -> Datastore:
+        """MONAI Label's local datastore, but a final label must read as mitosis / mimic points (else 422)."""
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        return PointLabelDatastore(
+            self.studies,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
 
     def init_infers(self) -> dict[str, InferTask]:
