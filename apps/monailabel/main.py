@@ -7,7 +7,8 @@ Start (MONAI Label 0.8.5 in its own virtual environment, see ``bundle/docs/READM
 
 Options (``--conf KEY VALUE``): ``models`` (``mssn_mitosis`` or ``all``), ``bundle_path`` (default: the
 repository's ``bundle``), ``bundle_copy`` (``true``: serve a copy under ``<app>/model``), ``disc_radius_px``
-(polygon radius, default 6), ``preload``.
+(polygon radius, default 6), ``preload``, ``versions_dir`` (where training writes model versions, default
+``<app>/model/mssn_mitosis_versions``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,19 @@ class MyApp(MONAILabelApp):
                 logger.info(f"+++ Adding Inferer:: {k} => {v}")
                 infers[k] = v
         return infers
+
+    def _serve_newest(self, model: str | None) -> None:
+        """Swap in an infer task on the newest trained version of ``model`` (once per new version)."""
+        task_config = self.models.get(model or "")
+        if task_config is None or not hasattr(task_config, "refresh_infer"):
+            return
+        task = task_config.refresh_infer(self._infers.get(model))
+        if task is not None:
+            self._infers[model] = task
+
+    def infer(self, request, datastore=None):
+        self._serve_newest(request.get("model"))
+        return super().infer(request, datastore)
 
     def init_trainers(self) -> dict[str, TrainTask]:
         trainers: dict[str, TrainTask] = {}
