@@ -18,13 +18,17 @@ import os
 
 import lib.configs
 import monailabel
+from lib.activelearning import MitosisUncertainty, MitosisUncertaintyScoring
 from lib.datastore import PointLabelDatastore
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.class_utils import get_class_names
 
 logger = logging.getLogger(__name__)
@@ -90,6 +94,21 @@ class MyApp(MONAILabelApp):
     def infer(self, request, datastore=None):
         self._serve_newest(request.get("model"))
         return super().infer(request, datastore)
+
+    def _serving_path(self) -> str:
+        task_config = self.models.get("mssn_mitosis")
+        return task_config.serving_path() if task_config is not None else ""
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"random": Random()}
+        if "mssn_mitosis" in self.models:
+            strategies["mitosis_uncertainty"] = MitosisUncertainty(self._serving_path)
+        return strategies
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        if "mssn_mitosis" not in self.models:
+            return {}
+        return {"mitosis_uncertainty": MitosisUncertaintyScoring(self._serving_path)}
 
     def init_trainers(self) -> dict[str, TrainTask]:
         trainers: dict[str, TrainTask] = {}
