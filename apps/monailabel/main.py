@@ -18,7 +18,9 @@ import os
 
 import lib.configs
 import monailabel
+import torch
 from lib.activelearning import MitosisUncertainty, MitosisUncertaintyScoring
+from lib.core import merge_detections, write_asap_xml
 from lib.datastore import PointLabelDatastore
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -32,6 +34,26 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.class_utils import get_class_names
 
 logger = logging.getLogger(__name__)
+
+
+def _clip_region(request: dict, datastore: Datastore) -> None:
+    """Clip ``location``/``size`` to a slide's level-0 size (``wsi_v2`` defaults to a 2048x2048 region,
+    whose tiles past a smaller slide's edge would fail)."""
+    image = request.get("image")
+    if not isinstance(image, str):
+        return
+    path = image if os.path.exists(image) else datastore.get_image_uri(image)
+    try:
+        import openslide
+
+        with openslide.OpenSlide(path) as slide:
+            w, h = slide.dimensions
+    except Exception:  # not a slide OpenSlide reads: MONAI Label answers it in one request
+        return
+    x, y = (int(v) for v in (request.get("location") or (0, 0))[:2])
+    sw, sh = (int(v) for v in (request.get("size") or (0, 0))[:2])
+    if sw > 0 and sh > 0:
+        request["size"] = [max(1, min(sw, w - x)), max(1, min(sh, h - y))]
 
 
 class MyApp(MONAILabelApp):
@@ -94,6 +116,29 @@ class MyApp(MONAILabelApp):
     def infer(self, request, datastore=None):
         self._serve_newest(request.get("model"))
         return super().infer(request, datastore)
+
+    def infer_wsi(self, request, datastore=None):
+        """MONAI Label's WSI inference, made to work on a CPU-only server and to give one answer.
+
+        No GPU: multi-GPU mode off and ``device`` cpu (MONAI Label would divide by the GPU count). The tiles'
+        points are merged into one top-level ``detections`` list (and ``count``), and an ASAP XML answer is
+        written by :func:`lib.core.write_asap_xml` (escaped attributes).
+        """
+        self._serve_newest(request.get("model"))
+        request = dict(request)
+        if not torch.cuda.is_available():
+            request["multi_gpu"] = False
+            request["device"] = "cpu"
+        _clip_region(request, datastore or self.datastore())
+        res = super().infer_wsi(request, datastore)
+        params = res.get("params") or {}
+        tiles = params.get("annotations")
+        if isinstance(tiles, list) and "detections" not in params:  # tiles: one list of every tile's points
+            params["detections"] = merge_detections(tiles)
+            params["count"] = len(params["detections"])
+            if request.get("output", "dsa") == "asap" and res.get("file"):  # rewrite MONAI Label's unescaped XML
+                res["file"], _ = write_asap_xml(params, res["file"])
+        return res
 
     def _serving_path(self) -> str:
         task_config = self.models.get("mssn_mitosis")

@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -140,8 +141,13 @@ def _label_server(studies: Path, log_path: Path, conf: dict[str, str] | None = N
 
 @pytest.fixture(scope="module")
 def label_server(work):
+    import tifffile
+
     studies = work / "studies"
     shutil.copytree(work / "fields", studies)
+    # a tiled TIFF (what OpenSlide reads as a slide): /infer/wsi cuts it into tiles
+    rgb = read_image_rgb(work / "fields" / f"{FIELDS[0]}.png")
+    tifffile.imwrite(studies / "slide.tif", rgb, tile=(256, 256), photometric="rgb")
     with _label_server(studies, work / "label_server.log") as server:
         yield server
 
@@ -181,6 +187,24 @@ def test_label_wsi_v2_gives_polygons_for_qupath_and_dsa(label_server, work):
     assert all(e["type"] == "polyline" and e["closed"] and e["group"] == "mitosis" for e in dsa["elements"])
     asap = _post(f"{url}/infer/wsi_v2/{MODEL}?image={stem}&output=asap", {"wsi": "{}"}).decode()
     assert asap.startswith("<?xml") and asap.count('<Annotation Name="mitosis" Type="Polygon"') == n
+    root = ET.fromstring(asap.encode())  # a real XML parser: the description's "H&E" must be escaped
+    assert "H&E" in root.find("Annotations").get("Description")
+    assert len(root.findall("Annotations/Annotation")) == n
+
+
+@needs_label
+def test_label_wsi_tiles_on_a_cpu_server(label_server, work):
+    """A tiled TIFF through /infer/wsi_v2 with tiles on a CPU-only server: no multi-GPU failure, one merged
+    top-level ``detections`` list, parseable ASAP XML."""
+    url, _ = label_server
+    wsi = json.dumps({"level": 0, "tile_size": [512, 512], "max_workers": 1})
+    res = json.loads(_post(f"{url}/infer/wsi_v2/{MODEL}?image=slide&output=json", {"wsi": wsi}))
+    assert len(res["annotations"]) > 1, "the slide was not cut into tiles"
+    tiles = [row for a in res["annotations"] if a for row in a.get("detections", [])]
+    assert res["count"] == len(res["detections"]) and len(res["detections"]) == len({(r[0], r[1]) for r in tiles})
+    assert all(0 <= x < 1024 and 0 <= y < 1024 for x, y, _ in res["detections"])
+    asap = _post(f"{url}/infer/wsi_v2/{MODEL}?image=slide&output=asap", {"wsi": wsi})
+    assert ET.fromstring(asap).tag == "ASAP_Annotations"
 
 
 @needs_label
