@@ -9,6 +9,7 @@ on 2 CPU cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -100,19 +102,20 @@ def _post(url: str, fields: dict[str, str] | None = None, timeout: float = 600) 
         return r.read()
 
 
-@pytest.fixture(scope="module")
-def label_server(work):
+@contextlib.contextmanager
+def _label_server(studies: Path, log_path: Path, conf: dict[str, str] | None = None):
+    """A real ``monailabel start_server`` on the app, on a free loopback port: yields ``(url, /info)``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    studies = work / "studies"
-    shutil.copytree(work / "fields", studies)
     env = {**os.environ, "PATH": f"{LABEL_VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     env["MONAILABEL_PYEXE"] = str(LABEL_VENV / "bin" / "python")
     cmd = [str(LABEL_VENV / "bin" / "monailabel"), "start_server", "--app", str(ROOT / "apps" / "monailabel")]
     cmd += ["--studies", str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", MODEL]
     cmd += ["--conf", "zoo_source", "github", "--conf", "sam2", "false"]
-    log = (work / "label_server.log").open("wb")
+    for k, v in (conf or {}).items():
+        cmd += ["--conf", k, v]
+    log = log_path.open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -124,7 +127,7 @@ def label_server(work):
                 break
             except (urllib.error.URLError, ConnectionError):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"MONAI Label did not start:\n{(work / 'label_server.log').read_text()[-3000:]}")
+                    pytest.fail(f"MONAI Label did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(1)
         yield url, info
     finally:
@@ -134,6 +137,19 @@ def label_server(work):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def label_server(work):
+    import tifffile
+
+    studies = work / "studies"
+    shutil.copytree(work / "fields", studies)
+    # a tiled TIFF (what OpenSlide reads as a slide): /infer/wsi cuts it into tiles
+    rgb = read_image_rgb(work / "fields" / f"{FIELDS[0]}.png")
+    tifffile.imwrite(studies / "slide.tif", rgb, tile=(256, 256), photometric="rgb")
+    with _label_server(studies, work / "label_server.log") as server:
+        yield server
 
 
 @needs_label
@@ -171,6 +187,24 @@ def test_label_wsi_v2_gives_polygons_for_qupath_and_dsa(label_server, work):
     assert all(e["type"] == "polyline" and e["closed"] and e["group"] == "mitosis" for e in dsa["elements"])
     asap = _post(f"{url}/infer/wsi_v2/{MODEL}?image={stem}&output=asap", {"wsi": "{}"}).decode()
     assert asap.startswith("<?xml") and asap.count('<Annotation Name="mitosis" Type="Polygon"') == n
+    root = ET.fromstring(asap.encode())  # a real XML parser: the description's "H&E" must be escaped
+    assert "H&E" in root.find("Annotations").get("Description")
+    assert len(root.findall("Annotations/Annotation")) == n
+
+
+@needs_label
+def test_label_wsi_tiles_on_a_cpu_server(label_server, work):
+    """A tiled TIFF through /infer/wsi_v2 with tiles on a CPU-only server: no multi-GPU failure, one merged
+    top-level ``detections`` list, parseable ASAP XML."""
+    url, _ = label_server
+    wsi = json.dumps({"level": 0, "tile_size": [512, 512], "max_workers": 1})
+    res = json.loads(_post(f"{url}/infer/wsi_v2/{MODEL}?image=slide&output=json", {"wsi": wsi}))
+    assert len(res["annotations"]) > 1, "the slide was not cut into tiles"
+    tiles = [row for a in res["annotations"] if a for row in a.get("detections", [])]
+    assert res["count"] == len(res["detections"]) and len(res["detections"]) == len({(r[0], r[1]) for r in tiles})
+    assert all(0 <= x < 1024 and 0 <= y < 1024 for x, y, _ in res["detections"])
+    asap = _post(f"{url}/infer/wsi_v2/{MODEL}?image=slide&output=asap", {"wsi": wsi})
+    assert ET.fromstring(asap).tag == "ASAP_Annotations"
 
 
 @needs_label
@@ -181,6 +215,129 @@ def test_label_region_request_is_shifted_into_slide_pixels(label_server, work):
     assert res["location"] == [512, 0] and res["size"] == [512, 640]
     ref = reference(work / "crop_ref", "crop") + np.array([512.0, 0.0, 0.0])
     assert_same_detections(res["detections"], ref, "MONAI Label region request")
+
+
+# ---- MONAI Label as an active-learning server: labels in, /train, /activelearning --------------------
+
+
+def _put_label(url: str, image: str, filename: str, content: bytes) -> tuple[int, dict]:
+    """``PUT /datastore/label?image=..&tag=final`` with a multipart ``label`` file: (HTTP status, JSON)."""
+    boundary = uuid.uuid4().hex
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="label"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + content
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        f"{url}/datastore/label?image={image}&tag=final",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        method="PUT",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _geojson_points(points, name: str = "Mitotic figure") -> bytes:
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+            "properties": {"classification": {"name": name}},
+        }
+        for x, y, *_ in points
+    ]
+    return json.dumps({"type": "FeatureCollection", "features": features}).encode()
+
+
+def _asap_polygons(points, name: str = "mitosis", r: float = 5.0) -> bytes:
+    shapes = []
+    for x, y, *_ in points:
+        corners = [(x - r, y - r), (x + r, y - r), (x + r, y + r), (x - r, y + r)]
+        coords = "".join(f'<Coordinate Order="{i}" X="{cx}" Y="{cy}"/>' for i, (cx, cy) in enumerate(corners))
+        shapes.append(
+            f'<Annotation Name="m" Type="Polygon" PartOfGroup="{name}"><Coordinates>{coords}</Coordinates></Annotation>'
+        )
+    body = "".join(shapes)
+    return f'<?xml version="1.0"?><ASAP_Annotations><Annotations>{body}</Annotations></ASAP_Annotations>'.encode()
+
+
+@needs_label
+def test_label_server_labels_train_and_active_learning(tmp_path):
+    """Two small labelled fields (GeoJSON points, ASAP polygons) and one unlabelled: a bad label is refused,
+    /train (1 epoch) runs to completion as version v0001, /infer then serves it, and
+    /activelearning/mitosis_uncertainty names the unlabelled field."""
+    from mssn_monai.cli import detect
+
+    studies, versions = tmp_path / "studies", tmp_path / "versions"
+    crops = {"a": (FIELDS[1], 0, 512), "b": (FIELDS[0], 0, 512), "c": (FIELDS[0], 512, 0)}
+    for stem, (field, y, x) in crops.items():
+        write_image(studies / f"{stem}.png", read_image_rgb(SAMPLES / f"{field}.png")[y : y + 512, x : x + 512])
+    detect(str(studies), str(tmp_path / "ref"), device="cpu")
+    refs = {stem: reference(tmp_path / "ref", stem) for stem in crops}
+    shutil.rmtree(studies / ".monailabel", ignore_errors=True)
+    for f in studies.iterdir():  # keep only the images
+        if f.suffix != ".png":
+            f.unlink() if f.is_file() else shutil.rmtree(f)
+    assert len(refs["a"]) + len(refs["b"]) > 0, "the labelled crops hold no mitosis to learn from"
+
+    with _label_server(studies, tmp_path / "server.log", {"versions_dir": str(versions)}) as (url, info):
+        assert MODEL in info["trainers"] and "mitosis_uncertainty" in info["strategies"]
+        assert "random" in info["strategies"] and "mitosis_uncertainty" in info["scoring"]
+
+        # a bad label: one clear error (response and log), nothing stored
+        status, body = _put_label(url, "b", "b.json", b'{"type": "Feature", "geometry": null}')
+        assert status == 422 and "bad label file for image 'b'" in body["detail"], body
+        assert "bad label file for image 'b'" in (tmp_path / "server.log").read_text()
+        assert not list((studies / "labels" / "final").glob("b.*")) if (studies / "labels").exists() else True
+
+        assert _put_label(url, "a", "a.geojson", _geojson_points(refs["a"]))[0] == 200
+        assert _put_label(url, "b", "b.xml", _asap_polygons(refs["b"]))[0] == 200
+        with urllib.request.urlopen(f"{url}/datastore/?output=all", timeout=30) as r:
+            objects = json.loads(r.read())["objects"]
+        assert sorted(k for k, v in objects.items() if v.get("labels", {}).get("final")) == ["a", "b"]
+
+        before = json.loads(_post(f"{url}/infer/{MODEL}?image=a&output=json"))
+        train = {"epochs": 1, "device": "cpu", "samples_per_epoch": 64}
+        req = urllib.request.Request(
+            f"{url}/train/{MODEL}", data=json.dumps(train).encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+        deadline = time.monotonic() + 1200
+        while True:
+            with urllib.request.urlopen(f"{url}/train/?check_if_running=false", timeout=30) as r:
+                task = json.loads(r.read())
+            if task.get("status") in ("DONE", "ERROR") or time.monotonic() > deadline:
+                break
+            time.sleep(5)
+        assert task["status"] == "DONE", "\n".join(task.get("details", []))[-4000:]
+        assert (versions / "v0001" / "models" / "model.pt").is_file()
+        report = json.loads((versions / "v0001" / "adapt_report.json").read_text())
+        assert report["fields"] == 2 and report["epochs"] == 1 and report["mitoses"] == len(refs["a"]) + len(refs["b"])
+
+        # /infer serves the new version at once: it equals detect with the new bundle
+        after = json.loads(_post(f"{url}/infer/{MODEL}?image=c&output=json"))
+        detect(str(studies / "c.png"), str(tmp_path / "ref_v1"), bundle=str(versions / "v0001"), device="cpu")
+        v1 = reference(tmp_path / "ref_v1", "c")
+        if len(v1):
+            assert_same_detections(after["detections"], v1, "/infer after /train")
+        else:
+            assert after["detections"] == []
+        assert isinstance(before["detections"], list)
+        with urllib.request.urlopen(f"{url}/info/", timeout=30) as r:
+            assert json.loads(r.read())["train_stats"][MODEL]["version"] == "v0001"
+
+        # active learning: the one unlabelled field, by uncertainty
+        res = json.loads(_post(f"{url}/activelearning/mitosis_uncertainty"))
+        assert res["id"] == "c", res
+        assert res["uncertainty"] >= 0
 
 
 # ---- MONAI Deploy -----------------------------------------------------------------------------------

@@ -4,6 +4,10 @@
 above the app). The infer task reads it in place. ``--conf bundle_copy true`` first copies its
 ``configs/``, ``models/model.pt`` and licence into ``<app>/model/mssn_mitosis`` (done once; delete that
 folder to refresh) and serves the copy.
+
+Training (``/train/mssn_mitosis``, :mod:`lib.trainers`) writes each adapted bundle as a new version
+``vNNNN`` under ``--conf versions_dir <dir>`` (default ``<app>/model/mssn_mitosis_versions``); the infer
+task serves the newest complete version (the configured bundle while there is none).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.utils.others.generic import strtobool
 
 import lib.infers
+import lib.trainers
+from lib.core import newest_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +59,31 @@ class MSSNMitosis(TaskConfig):
             self.bundle_path = copy_bundle(source, os.path.join(model_dir, name))
         else:
             self.bundle_path = source
+        self.versions_dir = os.path.realpath(conf.get("versions_dir") or os.path.join(model_dir, f"{name}_versions"))
         self.path = os.path.join(self.bundle_path, "models", "model.pt")
-        logger.info(f"+++ {name}: bundle {self.bundle_path}")
+        logger.info(f"+++ {name}: bundle {self.bundle_path}; trained versions under {self.versions_dir}")
+
+    def serving_path(self) -> str:
+        """The bundle ``/infer`` serves: the newest trained version, else the configured bundle."""
+        return str(newest_bundle(self.versions_dir, self.bundle_path))
+
+    def refresh_infer(self, current: InferTask | None) -> InferTask | None:
+        """A new infer task when a newer version than ``current``'s bundle exists, else ``None``."""
+        path = self.serving_path()
+        if current is not None and os.path.realpath(getattr(current, "bundle_path", "")) == os.path.realpath(path):
+            return None
+        logger.info(f"+++ {self.name}: serving {path}")
+        return self._infer_task(path)
 
     def infer(self) -> InferTask | dict[str, InferTask]:
+        return self._infer_task(self.serving_path())
+
+    def _infer_task(self, path: str) -> InferTask:
         return lib.infers.MSSNMitosis(
-            self.bundle_path,
+            path,
             self.conf,
             disc_radius_px=float(self.conf.get("disc_radius_px", 6.0)),
         )
 
     def trainer(self) -> TrainTask | None:
-        return None
+        return lib.trainers.MSSNAdaptTrain(self.bundle_path, self.versions_dir)

@@ -28,6 +28,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.transform.post import FindContoursd
 from monailabel.transform.writer import PolygonWriter
 
+from lib.core import write_asap_xml
 from lib.transforms import DetectionsToResultd, LoadFieldd, ToXYd
 from mssn_monai.transforms import LoadRGBd, PointsToDisksd, SaveDetectionsd
 
@@ -102,6 +103,8 @@ class MSSNMitosis(BundleInferTask):
     def writer(self, data, extension=None, dtype=None):
         """DSA JSON or ASAP XML of the polygons (``output``), and the points in the result JSON."""
         result_file, result_json = PolygonWriter(label=self.output_label_key, json=self.output_json_key)(data)
+        if data.get("output") == "asap" and result_file:  # MONAI Label's XML leaves "&" etc. unescaped
+            result_file, _ = write_asap_xml(result_json, result_file)
         result = data.get(self.output_json_key) or {}
         if result_json is not result:  # a whole request (not a WSI tile): also give the points at the top level
             result_json["detections"] = result.get("detections", [])
