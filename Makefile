@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv label-server
+.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv label-server test-integration
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ $(LABEL_STAMP): apps/monailabel/requirements.txt constraints.txt pyproject.toml 
 	touch $(LABEL_STAMP)
 
 label-venv: $(LABEL_STAMP)
+
+## a real MONAI Label server on the app: info, labels in, /train, /infer (json, dsa, asap, a tiled TIFF),
+## active learning; builds $(MSSN_LABEL_VENV) first when missing (the Deploy tests skip without .venvs/deploy)
+test-integration: $(STAMP) $(LABEL_STAMP)
+	MSSN_LABEL_VENV=$(abspath $(MSSN_LABEL_VENV)) $(PY) -m pytest -q -m integration tests/integration
 
 ## the MONAI Label server for apps/monailabel, in the foreground: make label-server STUDIES=DIR [PORT=8000]
 ## (builds $(MSSN_LABEL_VENV) first when it has no monailabel; Ctrl-C stops it)
