@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
@@ -98,3 +99,23 @@ def test_training_stops_at_once_without_validation_fields(tmp_path):
     (tmp_path / "dl.json").write_text(json.dumps({"training": [{**records[0], "mitoses": []}], "validation": records}))
     with pytest.raises(ValueError, match="no mitosis to learn from"):
         check_sections(tmp_path / "dl.json")
+
+
+@pytest.mark.parametrize(
+    ("device", "message"), [("bogus", "is not a device"), ("cuda", "no CUDA device"), ("meta", "not supported")]
+)
+def test_bad_device_is_one_line_and_nothing_is_written(tmp_path, capsys, device, message):
+    import torch
+
+    from mssn_monai.cli import main
+    from mssn_monai.io import write_image
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    write_image(tmp_path / "f.png", np.full((32, 32, 3), 200, np.uint8))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["detect", "--input", str(tmp_path / "f.png"), "--out", str(tmp_path / "o"), "--device", device])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0] and "--device" in err[0]
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
