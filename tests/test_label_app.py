@@ -151,3 +151,34 @@ def test_asap_xml_is_escaped_and_parses():
 def test_merge_detections():
     tiles = [{"detections": [[1, 2, 0.5], [3, 4, 0.9]]}, None, {"detections": [[3, 4, 0.9], [7, 8, 0.7]]}, {}]
     assert core.merge_detections(tiles) == [[3.0, 4.0, 0.9], [7.0, 8.0, 0.7], [1.0, 2.0, 0.5]]
+
+
+def _label_transforms():
+    spec = importlib.util.spec_from_file_location(
+        "mssn_label_transforms", ROOT / "apps" / "monailabel" / "lib" / "transforms.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_region_is_read_with_context_and_cut_back(tmp_path):
+    """A region request reads CONTEXT_PX around it (on the stride-4 grid, clipped to the field); ToRegiond
+    cuts the map back to the region and keeps only the points inside it, in region coordinates."""
+    from mssn_monai.io import write_image
+
+    t = _label_transforms()
+    rgb = np.random.default_rng(0).integers(0, 256, (300, 400, 3)).astype(np.uint8)
+    write_image(tmp_path / "f.png", rgb)
+    d = t.LoadFieldd()({"image": str(tmp_path / "f.png"), "location": [150, 10], "size": [100, 500]})
+    x0 = (150 - t.CONTEXT_PX) // 4 * 4  # 20
+    assert d["context"] == [150 - x0, 10, 100, 290] and tuple(d["image"].shape) == (3, 300, 250 + t.CONTEXT_PX - x0)
+    np.testing.assert_allclose(d["image"][:, 10, 150 - x0].numpy(), rgb[10, 150] / 255.0, atol=1e-6)
+    d["pred"] = np.zeros((1, 300, d["image"].shape[-1]))
+    d["points"] = np.array([[130.0, 20.0, 0.9], [129.0, 20.0, 0.8], [140.0, 299.0, 0.7], [230.0, 5.0, 0.6]])
+    out = t.ToRegiond()(d)
+    assert out["pred"].shape == (1, 290, 100)
+    np.testing.assert_array_equal(out["points"], [[0.0, 10.0, 0.9], [10.0, 289.0, 0.7]])
+    whole = t.LoadFieldd()({"image": str(tmp_path / "f.png")})
+    assert "context" not in whole and whole["location"] == [0, 0] and tuple(whole["image"].shape) == (3, 300, 400)
+    assert t.ToRegiond()(dict(whole)) == whole  # no region: unchanged

@@ -16,9 +16,11 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
+from mssn_monai.constants import MAX_FIT_PIXELS
 from mssn_monai.io import read_image_rgb
+from mssn_monai.ops.intensity import fit_stride, hwc_to_chw_float
 
-__all__ = ["LoadFieldd", "DetectionsToResultd", "ToXYd", "region_of"]
+__all__ = ["CONTEXT_PX", "LoadFieldd", "ToRegiond", "DetectionsToResultd", "ToXYd", "region_of"]
 
 
 def region_of(data: Mapping[Hashable, Any]) -> tuple[list[int], list[int]]:
@@ -28,43 +30,101 @@ def region_of(data: Mapping[Hashable, Any]) -> tuple[list[int], list[int]]:
     return location, size
 
 
+CONTEXT_PX = 128
+"""Pixels read around a requested region (rounded out to the stride-4 grid): more than the FNR's patch
+context (60 px), the vote's patches (50 px) and the candidate spacing (about 16 px), so the detections
+inside a region equal those of the whole field there, whatever the tile grid."""
+
+
 class LoadFieldd(MapTransform):
     """Load an H&E field as ``(3, H, W)`` float32 in ``[0, 1]``, as the bundle's ``LoadRGBd`` does.
 
-    The source is an image path (PNG, JPEG, TIFF, ...: :func:`mssn_monai.io.read_image_rgb`) or an
-    ``(H, W, 3|4)`` uint8 array (a region a remote datastore such as DSA already read). For a path, a
-    request with ``size`` ``[w, h]`` (both > 0) reads only the region at ``location`` ``[x, y]``; without
-    it the whole field is read and ``location`` is set to ``[0, 0]``. For an array, ``location`` is kept:
-    it is the region's origin in the slide, which the results are shifted by.
+    The source is a file path or an ``(H, W, 3|4)`` uint8 array (a region a remote datastore such as DSA
+    already read). For a path, a request with ``size`` ``[w, h]`` (both > 0) is a region at ``location``
+    ``[x, y]``: it is read with :data:`CONTEXT_PX` of context on every side (within the field), and
+    ``context`` ``[dx, dy, w, h]`` records where the region lies in what was read, so
+    :class:`ToRegiond` can cut the results back to it. With a ``normalizer`` (the bundle's stain
+    normaliser) the stain statistics are fitted on the whole field (a regular subsample, as ``detect``
+    does) and applied to what was read, so a tile is normalised as the whole field is. Without a region
+    the whole field is read and ``location`` is set to ``[0, 0]``. For an array, ``location`` is kept: it
+    is the region's origin in the slide, which the results are shifted by.
     """
 
-    def __init__(self, keys: KeysCollection = "image", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection = "image", normalizer: Any = None, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.normalizer = normalizer
+
+    def _normalise(self, whole: np.ndarray, part: np.ndarray) -> torch.Tensor:
+        field = hwc_to_chw_float(part)
+        if self.normalizer is None:
+            return field
+        step = fit_stride(whole.shape[0], whole.shape[1], getattr(self.normalizer, "max_fit_pixels", MAX_FIT_PIXELS))
+        fitted = self.normalizer.fit(hwc_to_chw_float(whole[::step, ::step]))
+        return field if fitted is None else torch.as_tensor(self.normalizer.apply(field, fitted))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             source = d[key]
             location, size = region_of(d)
+            context = None
             if isinstance(source, (str, os.PathLike)):
                 d[f"{key}_path"] = str(source)
-                image = read_image_rgb(source)
+                whole = read_image_rgb(source)
+                h, w = whole.shape[:2]
                 if min(size) > 0:
                     x, y = location
-                    if x < 0 or y < 0 or x >= image.shape[1] or y >= image.shape[0]:
-                        h, w = image.shape[:2]
+                    if x < 0 or y < 0 or x >= w or y >= h:
                         raise ValueError(f"region at {location} lies outside the {w}x{h} field")
-                    image = image[y : y + size[1], x : x + size[0]]
+                    x0, y0 = max(0, (x - CONTEXT_PX) // 4 * 4), max(0, (y - CONTEXT_PX) // 4 * 4)
+                    x1, y1 = min(w, x + size[0] + CONTEXT_PX), min(h, y + size[1] + CONTEXT_PX)
+                    context = [x - x0, y - y0, min(size[0], w - x), min(size[1], h - y)]
+                    image = whole[y0:y1, x0:x1]
                 else:
-                    location, size = [0, 0], [0, 0]
+                    location, size, image = [0, 0], [0, 0], whole
+                d[key] = self._normalise(whole, image).contiguous()
             else:
                 image = np.asarray(source)
                 if image.ndim != 3 or image.shape[-1] not in (3, 4):
                     raise ValueError(f"an image array must be (H, W, 3|4) RGB(A), got {list(image.shape)}")
-                image = image[..., :3].astype(np.uint8, copy=False)
+                image = np.ascontiguousarray(image[..., :3].astype(np.uint8, copy=False))
+                d[key] = self._normalise(image, image).contiguous()
             d["location"], d["size"] = location, size
-            field = torch.from_numpy(np.require(image, requirements=["C", "W"]))
-            d[key] = field.permute(2, 0, 1).float().div_(255.0).contiguous()
+            if context is not None:
+                d["context"] = context
+            else:
+                d.pop("context", None)
+        return d
+
+
+class ToRegiond(MapTransform):
+    """Cut a region read with context (:class:`LoadFieldd`'s ``context``) back to the region itself.
+
+    The detection map ``keys`` (``(..., H, W)``) is cropped to the region, and the points of
+    ``points_key`` (``(N, 3)`` x, y, score in what was read) outside it are dropped, the others shifted
+    into the region. Without ``context`` in the data, nothing changes.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", points_key: str = "points", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.points_key = points_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        context = d.get("context")
+        if not context:
+            return d
+        dx, dy, w, h = (int(v) for v in context)
+        for key in self.key_iterator(d):
+            d[key] = d[key][..., dy : dy + h, dx : dx + w]
+        if self.points_key in d:
+            pts = d[self.points_key]
+            arr = pts.detach().cpu().numpy() if isinstance(pts, torch.Tensor) else np.asarray(pts, dtype=np.float64)
+            arr = arr.reshape(-1, 3)
+            inside = (arr[:, 0] >= dx) & (arr[:, 0] < dx + w) & (arr[:, 1] >= dy) & (arr[:, 1] < dy + h)
+            d[self.points_key] = arr[inside] - np.array([dx, dy, 0.0])
         return d
 
 

@@ -29,8 +29,8 @@ from monailabel.transform.post import FindContoursd
 from monailabel.transform.writer import PolygonWriter
 
 from lib.core import write_asap_xml
-from lib.transforms import DetectionsToResultd, LoadFieldd, ToXYd
-from mssn_monai.transforms import LoadRGBd, PointsToDisksd, SaveDetectionsd
+from lib.transforms import DetectionsToResultd, LoadFieldd, ToRegiond, ToXYd
+from mssn_monai.transforms import LoadRGBd, NormalizeHEStaind, PointsToDisksd, SaveDetectionsd
 
 logger = logging.getLogger(__name__)
 
@@ -81,12 +81,18 @@ class MSSNMitosis(BundleInferTask):
         return d
 
     def pre_transforms(self, data=None) -> Sequence[Callable]:
-        return [LoadFieldd(keys=self.key_image), *super().pre_transforms(data)]
+        """``LoadFieldd`` (regions read with context) normalises with the whole field's stain statistics,
+        in place of the bundle's ``NormalizeHEStaind``, which would fit each tile on its own."""
+        rest = list(super().pre_transforms(data))
+        norm = [t for t in rest if isinstance(t, NormalizeHEStaind)]
+        rest = [t for t in rest if not isinstance(t, NormalizeHEStaind)]
+        return [LoadFieldd(keys=self.key_image, normalizer=norm[0].normalizer if norm else None), *rest]
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
         radius = float((data or {}).get("disc_radius_px", self.disc_radius_px))
         return [
             *super().post_transforms(data),  # DetectionMapToPointsd: pred -> points (x, y, score)
+            ToRegiond(keys=self.key_pred, points_key="points"),  # drop the context read around a region
             DetectionsToResultd(keys="points", result=self.output_json_key),
             PointsToDisksd(keys=self.key_pred, radius_px=radius),  # (1, H, W) uint8 discs
             SqueezeDimd(keys=self.key_pred, dim=0),  # (H, W)
