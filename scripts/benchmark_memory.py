@@ -6,7 +6,7 @@ the table gives the child's peak RSS (``ru_maxrss``), its wall time and the dete
 
 Usage::
 
-    python scripts/benchmark_memory.py --out runs/memory [--sizes 2048,4096,8192] [--formats png,tif]
+    python scripts/benchmark_memory.py --out runs/memory [--sizes 2048,4096,8192,40000x30000] [--formats png,tif]
         [--threads 2]
 """
 
@@ -29,7 +29,13 @@ def _items(value: str | int | tuple) -> list[str]:
     return [str(v) for v in value] if isinstance(value, (tuple, list)) else str(value).split(",")
 
 
-def _write_field(path: Path, size: int) -> None:
+def _size(text: str) -> tuple[int, int]:
+    """``"8192"`` -> ``(8192, 8192)``; ``"40000x30000"`` -> ``(40000, 30000)`` (width x height)."""
+    w, _, h = str(text).lower().partition("x")
+    return int(w), int(h or w)
+
+
+def _write_field(path: Path, size: tuple[int, int]) -> None:
     import tifffile
     from PIL import Image
 
@@ -38,8 +44,8 @@ def _write_field(path: Path, size: int) -> None:
     if path.is_file():
         return
     field = generate_field((1024, 1024), seed=4).image
-    reps = -(-size // 1024)
-    image = np.ascontiguousarray(np.tile(field, (reps, reps, 1))[:size, :size])
+    w, h = size
+    image = np.ascontiguousarray(np.tile(field, (-(-h // 1024), -(-w // 1024), 1))[:h, :w])
     tmp = path.with_name(path.name + ".part")
     if path.suffix == ".png":
         Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
@@ -73,15 +79,16 @@ def main(
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     print(f"{'field':>12} {'format':>6} {'MB on disk':>10} {'seconds':>8} {'peak RSS MB':>11} {'detections':>10}")
-    for size in (int(s) for s in _items(sizes)):
+    for text in _items(sizes):
+        (w, h), name = _size(text), text
         for fmt in _items(formats):
-            image = root / f"field_{size}.{fmt}"
-            _write_field(image, size)
-            row = {"size": size, "format": fmt, **_run_detect(image, root / f"out_{size}_{fmt}", threads)}
+            image = root / f"field_{name}.{fmt}"
+            _write_field(image, (w, h))
+            row = {"size": name, "format": fmt, **_run_detect(image, root / f"out_{name}_{fmt}", threads)}
             row["file_mb"] = image.stat().st_size / 2**20
             rows.append(row)
             print(
-                f"{size:>5}x{size:<6} {fmt:>6} {row['file_mb']:>10.1f} {row['seconds']:>8.1f} "
+                f"{w:>5}x{h:<6} {fmt:>6} {row['file_mb']:>10.1f} {row['seconds']:>8.1f} "
                 f"{row['peak_rss_mb']:>11.0f} {row['detections']!s:>10}",
                 flush=True,
             )
