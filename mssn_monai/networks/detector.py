@@ -45,14 +45,13 @@ from torch import nn
 from mssn_monai.constants import (
     CANDIDATE_THRESHOLD,
     DEFAULT_SPACING_UM,
-    MAX_FIT_PIXELS,
     PEAK_SPACING_UM,
     TILE_PX,
     VOTE_RADIUS_PX,
 )
 from mssn_monai.networks.fnr import OUTPUT_STRIDE, MultiScaleFNR
 from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
-from mssn_monai.ops.intensity import fit_stride, hwc_to_chw_float, to_float01
+from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
 from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
 
@@ -379,7 +378,7 @@ class FieldDetector:
     again. A field of one block is processed exactly as :meth:`MSSNDetector.detect` on the whole
     field; on a larger one the maps are the same values and the votes differ only by float rounding.
     A :class:`~mssn_monai.transforms.NormalizeHEStain` normaliser is fitted once per field (on a
-    regular subsample of at most ``max_fit_pixels``, :func:`~mssn_monai.ops.intensity.fit_stride`) and
+    regular subsample, :meth:`~mssn_monai.transforms.NormalizeHEStain.fit_field`) and
     applied block by block; any other normaliser is applied to the whole field first.
 
     Args:
@@ -427,11 +426,10 @@ class FieldDetector:
         norm, device = self.normalizer, self._device
         if norm is None:
             return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
-        if not (hasattr(norm, "fit") and hasattr(norm, "apply")):  # an opaque normaliser: the whole field at once
+        if not (hasattr(norm, "fit_field") and hasattr(norm, "apply")):  # an opaque normaliser: the whole field
             field = self.prepare(image)
             return lambda y0, y1, x0, x1: field[:, y0:y1, x0:x1]
-        step = fit_stride(image.shape[0], image.shape[1], getattr(norm, "max_fit_pixels", MAX_FIT_PIXELS))
-        fitted = norm.fit(hwc_to_chw_float(image[::step, ::step]))
+        fitted = norm.fit_field(image)
         if fitted is None:  # the normaliser's fallback: the field unchanged
             return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
         return lambda y0, y1, x0, x1: torch.as_tensor(norm.apply(hwc_to_chw_float(image[y0:y1, x0:x1]), fitted)).to(

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ from monai.utils import TransformBackends, convert_to_dst_type
 from skimage.color import hed_from_rgb, rgb_from_hed
 
 from mssn_monai.constants import MAX_FIT_PIXELS
-from mssn_monai.ops.intensity import fit_stride, to_float01, to_uint8
+from mssn_monai.ops.intensity import fit_stride, hwc_to_chw_float, to_float01, to_uint8
 
 __all__ = [
     "RandJPEGCompression",
@@ -536,6 +536,19 @@ class NormalizeHEStain(Transform):
         od = -np.log(np.clip(x.reshape(3, -1).T, MIN_INTENSITY, None) / white)
         est = estimate_he_stains(od, self.beta, self.alpha, self.min_tissue_pixels, self.max_angle_deg)
         return None if est is None else (white, *est)
+
+    def fit_field(self, image: np.ndarray | Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`fit` on a whole ``(H, W, 3)`` uint8 field without converting all of it to float.
+
+        Only the regular subsample :meth:`fit` would use (every :func:`fit_stride`-th row and column) is
+        read and converted, so a large field, or a lazily read one (anything sliceable with steps, e.g.
+        :class:`mssn_monai.io.TiledTiffImage`), costs the memory of the subsample only.
+
+        Returns:
+            as :meth:`fit`.
+        """
+        step = fit_stride(int(image.shape[0]), int(image.shape[1]), self.max_fit_pixels)
+        return self.fit(hwc_to_chw_float(np.asarray(image[::step, ::step])))
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
         """Normalise ``img`` (``(3, H, W)`` float in [0, 1]); returns the same type, or ``img`` itself on fallback."""

@@ -16,9 +16,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from mssn_monai.constants import MAX_FIT_PIXELS
 from mssn_monai.io import read_image_rgb
-from mssn_monai.ops.intensity import fit_stride, hwc_to_chw_float
+from mssn_monai.ops.intensity import hwc_to_chw_float
 
 __all__ = ["CONTEXT_PX", "LoadFieldd", "ToRegiond", "DetectionsToResultd", "ToXYd", "region_of"]
 
@@ -60,8 +59,7 @@ class LoadFieldd(MapTransform):
         field = hwc_to_chw_float(part)
         if self.normalizer is None:
             return field
-        step = fit_stride(whole.shape[0], whole.shape[1], getattr(self.normalizer, "max_fit_pixels", MAX_FIT_PIXELS))
-        fitted = self.normalizer.fit(hwc_to_chw_float(whole[::step, ::step]))
+        fitted = self.normalizer.fit_field(whole)
         return field if fitted is None else torch.as_tensor(self.normalizer.apply(field, fitted))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
