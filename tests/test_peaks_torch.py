@@ -23,6 +23,8 @@ def _assert_same(m: np.ndarray, threshold: float, d: float, stride: int = 4, scr
         got = fn(t, threshold, d, stride)
         assert got.dtype == t.dtype and got.shape == ref.shape
         np.testing.assert_array_equal(got.double().numpy(), ref)
+    for band_cells in (1, 3 * m.shape[-1] + 1):  # the peak mask built in bands of 1 and 3 rows: the same points
+        np.testing.assert_array_equal(find_peaks_torch(t, threshold, d, stride, band_cells).double().numpy(), ref)
     np.testing.assert_array_equal(t.numpy(), m)  # not modified
     return ref
 
@@ -178,6 +180,7 @@ def test_dtype_and_device():
         ((torch.zeros(4, 4), 0.5, float("nan")), "min_distance_px"),
         ((torch.zeros(4, 4), float("nan"), 8.0), "threshold"),
         ((torch.zeros(4, 4), 0.5, 8.0, 0), "stride"),
+        ((torch.zeros(4, 4), 0.5, 8.0, 4, 0), "band_cells"),
     ],
 )
 def test_bad_arguments(args, match):

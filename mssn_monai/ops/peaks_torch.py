@@ -10,7 +10,9 @@ The steps and their torch form:
 1. Peak mask: the maximum over the disk footprint is computed as a running maximum along each row (one
    ``torch.maximum`` per unit of half-width, on shifted slices, so cells outside the map count as
    ``-inf``), folded over the footprint's rows by vertical shifts. NaN cells read as ``-inf``; the
-   threshold is compared in float64.
+   threshold is compared in float64. The mask is built in bands of rows (each with the footprint's
+   reach above and below), so its temporaries do not grow with the map: a 40000x30000 field's map has
+   75M cells.
 2. Plateaus: the peak cells are grouped into horizontal runs of equal values; the runs touching an
    equal-valued run of the next row (8-connectivity, found in a dense index map or by ``searchsorted``
    on the cells' raster keys) are joined by FastSV-style hooking and shortcutting until the labels
@@ -78,17 +80,56 @@ def _disk_max(work: torch.Tensor, widths: list[int]) -> torch.Tensor:
     return out
 
 
-def _cell_lookup(rows: torch.Tensor, cols: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _peak_cells(
+    scores: torch.Tensor, threshold: float, widths: list[int], band_cells: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns (raster order) of the cells that reach ``threshold`` and equal their footprint's maximum.
+
+    Computed in bands of rows (each with the footprint's reach of rows above and below), so the float64
+    temporaries stay near ``band_cells`` cells whatever the map's size; the cells found are those of the
+    whole map at once (a cell's footprint maximum reads only rows within its reach).
+    """
+    h = scores.shape[0]
+    w = scores.shape[1]
+    reach = len(widths) - 1
+    band = max(1, band_cells // max(w, 1))
+    found_rows: list[torch.Tensor] = []
+    found_cols: list[torch.Tensor] = []
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        y0 = max(0, r0 - reach)
+        y1 = min(h, r1 + reach)
+        src = scores[y0:y1]
+        if src.dtype != torch.float32 and src.dtype != torch.float64:
+            src = src.to(torch.float64)  # exact for half, bfloat16 and small ints
+        work = src.masked_fill(torch.isnan(src), -math.inf)  # a copy: the caller's map is never written
+        core = work[r0 - y0 : r1 - y0]
+        mask = core.to(torch.float64) >= threshold
+        if not bool(mask.any()):
+            continue
+        mask &= core == _disk_max(work, widths)[r0 - y0 : r1 - y0]
+        cells = mask.nonzero()
+        found_rows.append(cells[:, 0] + r0)
+        found_cols.append(cells[:, 1])
+    if len(found_rows) == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=scores.device)
+        return empty, empty
+    return torch.cat(found_rows).contiguous(), torch.cat(found_cols).contiguous()
+
+
+def _cell_lookup(
+    rows: torch.Tensor, cols: torch.Tensor, h: int, w: int, dense_cells: int = 4194304
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A lookup table from map cells to indices into ``rows``/``cols`` (distinct cells), for :func:`_locate`.
 
     Returns:
-        ``(keys, index)``: when the cells are many (over 1/32 of the map), ``keys`` is empty and ``index``
-        is a dense ``(h * w,)`` map (``-1`` off the cells); otherwise ``keys`` are the cells' sorted raster
-        keys ``row * w + col`` and ``index`` the matching indices.
+        ``(keys, index)``: when the cells are many (over 1/32 of a map of at most ``dense_cells`` cells),
+        ``keys`` is empty and ``index`` is a dense ``(h * w,)`` map (``-1`` off the cells); otherwise
+        ``keys`` are the cells' sorted raster keys ``row * w + col`` and ``index`` the matching indices.
     """
     n = rows.numel()
     keys = rows * w + cols
-    if n * 32 > h * w:
+    if n * 32 > h * w and h * w <= dense_cells:
         index = torch.full((h * w,), -1, dtype=torch.int64, device=rows.device)
         index[keys] = torch.arange(n, dtype=torch.int64, device=rows.device)
         return keys[:0], index
@@ -287,7 +328,9 @@ def _greedy_keep(first: torch.Tensor, second: torch.Tensor, k: int, max_rounds: 
     return keep
 
 
-def find_peaks_torch(scores: torch.Tensor, threshold: float, min_distance_px: float, stride: int = 4) -> torch.Tensor:
+def find_peaks_torch(
+    scores: torch.Tensor, threshold: float, min_distance_px: float, stride: int = 4, band_cells: int = 4194304
+) -> torch.Tensor:
     """Candidate points: thresholded local maxima of a dense map, one per plateau, at least ``min_distance_px`` apart.
 
     Torch port of :func:`mssn_monai.ops.peaks.find_peaks`, compatible with ``torch.jit.script``: the same
@@ -301,6 +344,8 @@ def find_peaks_torch(scores: torch.Tensor, threshold: float, min_distance_px: fl
             closer than this suppress the lower one; exactly this far apart both stay). ``0`` keeps every
             cell that passes the threshold, except duplicate plateau cells.
         stride: input pixels per map cell (the FNR output stride, 4).
+        band_cells: map cells per band of rows in which the peak mask is built (default 4M, 32 MB per
+            float64 temporary); the result does not depend on it, only the peak memory does.
 
     Returns:
         ``(N, 3)`` tensor of ``(x, y, score)`` with ``x = stride * col`` and ``y = stride * row`` in input
@@ -323,6 +368,8 @@ def find_peaks_torch(scores: torch.Tensor, threshold: float, min_distance_px: fl
     """
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
         raise ValueError("stride must be a positive int.")
+    if band_cells < 1:
+        raise ValueError("band_cells must be >= 1.")
     if not (math.isfinite(min_distance_px) and min_distance_px >= 0):
         raise ValueError("min_distance_px must be a finite number >= 0.")
     if math.isnan(threshold):
@@ -336,20 +383,12 @@ def find_peaks_torch(scores: torch.Tensor, threshold: float, min_distance_px: fl
     w = scores.shape[1]
     if h == 0 or w == 0:
         return torch.empty((0, 3), dtype=out_dtype, device=device)
-    src = scores.detach()
-    if src.dtype != torch.float32 and src.dtype != torch.float64:
-        src = src.to(torch.float64)  # exact for half, bfloat16 and small ints
-    work = src.masked_fill(torch.isnan(src), -math.inf)  # a copy: the caller's map is never written
     widths = _disk_half_widths(md, stride)
-    mask = work.to(torch.float64) >= threshold
-    if not bool(mask.any()):
+    rows, cols = _peak_cells(scores.detach(), threshold, widths, band_cells)  # raster order
+    if rows.numel() == 0:
         return torch.empty((0, 3), dtype=out_dtype, device=device)
-    mask &= work == _disk_max(work, widths)
-    cells = mask.nonzero()  # raster order
-    rows = cells[:, 0].contiguous()
-    cols = cells[:, 1].contiguous()
     flat = rows * w + cols
-    vals = src.reshape(-1).index_select(0, flat).to(torch.float64)
+    vals = scores.detach().reshape(-1).index_select(0, flat).to(torch.float64)
     reps = _plateau_representatives(rows, cols, vals, h, w)  # raster order
     order = reps.index_select(0, torch.sort(-vals.index_select(0, reps), stable=True)[1])  # NaN last
     rows = rows.index_select(0, order)
@@ -358,7 +397,7 @@ def find_peaks_torch(scores: torch.Tensor, threshold: float, min_distance_px: fl
     k = rows.numel()
     if k >= 2 and md > 0:
         # only points of equal (NaN read as -inf) score can be closer than md: look among those only
-        wv = work.reshape(-1).index_select(0, flat.index_select(0, order)).to(torch.float64)
+        wv = vals.masked_fill(torch.isnan(vals), -math.inf)
         sv, sidx = torch.sort(wv)
         same = (sv[1:] == sv[:-1]).nonzero().flatten()
         shared = torch.zeros(k, dtype=torch.bool, device=device).index_fill(0, sidx.index_select(0, same), True)
