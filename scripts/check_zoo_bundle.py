@@ -10,7 +10,8 @@ It prints one line per check and exits with status 1 naming every problem found.
 
 - files: the zoo's pre-commit rules, i.e. what ``pretty-format-json --autofix --no-sort-keys
   --indent=4``, ``end-of-file-fixer``, ``mixed-line-ending`` and ``trailing-whitespace`` would change
-  (nothing may change), ``check-added-large-files --maxkb=1024`` (every file at most 1 MiB except the
+  (nothing may change), ``check-docstring-first`` (no string at column 0 after a module's docstring or
+  code), ``check-added-large-files --maxkb=1024`` (every file at most 1 MiB except the
   ``large_files.yml`` entries), ``large_files.yml`` entries that exist with their md5, and no
   TorchScript (``.ts``) file outside ``large_files.yml`` (pre-commit takes ``.ts`` for TypeScript text);
 - the code the configs import is the bundle's own (``scripts/mssn_monai``): ``mssn_monai`` is not
@@ -35,12 +36,14 @@ import csv
 import hashlib
 import importlib
 import importlib.util
+import io
 import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
+import tokenize
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -116,6 +119,20 @@ def text_problems(path: Path, data: bytes) -> list[str]:
     return problems
 
 
+def docstring_first_problem(path: Path, text: str) -> str | None:
+    """``check-docstring-first``: a string token at column 0 after the first one, or after code."""
+    first_string = first_code = None
+    non_code = (tokenize.COMMENT, tokenize.ENDMARKER, tokenize.NEWLINE, tokenize.NL, tokenize.ENCODING)
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.STRING and token.start[1] == 0:
+            if first_string is not None or first_code is not None:
+                return f"{path}:{token.start[0]}: a string at column 0 after the module docstring or code"
+            first_string = token.start[0]
+        elif token.type not in non_code and first_code is None:
+            first_code = token.start[0]
+    return None
+
+
 def file_problems(bundle: Path) -> list[str]:
     """Every file of ``bundle`` against the zoo's pre-commit and large-file rules."""
     problems = []
@@ -146,6 +163,8 @@ def file_problems(bundle: Path) -> list[str]:
             problems.append(f"{path}: TorchScript outside large_files.yml (pre-commit would edit it as text)")
         if path.suffix.lower() not in BINARY_SUFFIXES:
             problems.extend(text_problems(path, path.read_bytes()))
+        if path.suffix == ".py":
+            problems += [p for p in [docstring_first_problem(path, path.read_text(encoding="utf-8"))] if p]
     return problems
 
 
@@ -336,7 +355,7 @@ def check_zoo_bundle(bundle: str, schema: str) -> None:
     failures = []
     before = _digests(root)
     problems = file_problems(root)
-    print(f"{'FAIL' if problems else 'ok'}   files: zoo pre-commit and large-file rules")
+    print(f"{'FAIL' if problems else 'ok':<6} files: zoo pre-commit and large-file rules")
     for problem in problems:
         print(f"       {problem}")
     failures += problems
@@ -350,9 +369,9 @@ def check_zoo_bundle(bundle: str, schema: str) -> None:
     ]
     for name, check in checks:
         try:
-            print(f"ok     {name}: {check()}", flush=True)
+            print(f"{'ok':<6} {name}: {check()}", flush=True)
         except Exception as e:
-            print(f"FAIL   {name}: {type(e).__name__}: {e}", flush=True)
+            print(f"{'FAIL':<6} {name}: {type(e).__name__}: {e}", flush=True)
             failures.append(name)
     changed = sorted(set(before.items()) ^ set(_digests(root).items()))
     if changed:

@@ -10,6 +10,7 @@ Writes ``OUT/models/<name>/`` (a folder to copy into a model-zoo checkout's ``mo
       samples/        the sample fields (re-encoded as JPEG when a file is over the zoo's 1 MiB limit)
                       and their datalist
       scripts/        __init__.py and a copy of the mssn_monai package: the code the configs import
+                      (attribute docstrings turned into #: comments for the zoo's check-docstring-first)
       large_files.yml models/model.pt and models/model.ts (url, md5), as zoo bundles list their weights
       LICENSE
 
@@ -39,7 +40,9 @@ and renamed, so a failed run leaves the previous output as it was.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -130,13 +133,40 @@ def _write_samples(bundle: Path, target: Path, jpeg_quality: int) -> None:
         (target / "samples" / path.name).write_text(zoo_json_text(datalist), encoding="utf-8", newline="\n")
 
 
+def attribute_docstrings_as_comments(source: str) -> str:
+    """Module-level string statements after the first statement (attribute docstrings) as ``#:`` comments.
+
+    The zoo's ``check-docstring-first`` hook takes any string at column 0 after a module's docstring
+    for a second module docstring. These statements do nothing at run time, so the copied code runs
+    the same; the text stays, as comments.
+    """
+    tree = ast.parse(source)
+    lines = source.split("\n")
+    for node in reversed(tree.body[1:]):
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            first, last = node.lineno - 1, node.end_lineno
+            if lines[first][: node.col_offset].strip() or lines[last - 1][node.end_col_offset :].strip():
+                raise ValueError(f"line {node.lineno}: a string statement sharing its lines with other code")
+            text = inspect.cleandoc(node.value.value).split("\n")
+            lines[first:last] = [f"#: {line}".rstrip() for line in text]
+    converted = "\n".join(lines)
+    ast.parse(converted)  # still Python
+    return converted
+
+
 def _write_code(target: Path) -> None:
     """``scripts/__init__.py`` and the ``mssn_monai`` package (its ``.py`` files) under ``scripts/``."""
     _copy_text_tree(REPO / "bundle" / "scripts" / "__init__.py", target / "scripts" / "__init__.py")
     package = REPO / "mssn_monai"
     for path in sorted(package.rglob("*.py")):
         if "__pycache__" not in path.parts:
-            _copy_text_tree(path, target / "scripts" / "mssn_monai" / path.relative_to(package))
+            dest = target / "scripts" / "mssn_monai" / path.relative_to(package)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                code = attribute_docstrings_as_comments(_zoo_text(path))
+            except (SyntaxError, ValueError) as e:
+                raise ValueError(f"{path}: {e}") from e
+            dest.write_text(code, encoding="utf-8", newline="\n")
 
 
 def _export_torchscript(target: Path) -> None:
