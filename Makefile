@@ -7,8 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS ?= constraints.txt
 STAMP := $(VENV)/.installed
+# the interpreter of the sharing venvs (empty: the one .venv was made from)
+SHARE_PYTHON ?=
 
-.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv label-server test-integration
+.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv label-server test-integration \
+	test-bundle-share
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +36,13 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
+
+## sharing, in fresh venvs kept under .venvs/ (made again when their requirements change): the packaged
+## bundle passes the model zoo's no-network checks with only its required packages (.venvs/bundle), and
+## the wheel from `python -m build` runs detect with the bundle it carries (.venvs/wheel, .venvs/build).
+## The metadata schema is a local file: MSSN_BUNDLE_SCHEMA (default ../shared/schema/meta_schema_20240725.json).
+test-bundle-share: $(STAMP)
+	MSSN_SHARE_PYTHON="$(SHARE_PYTHON)" $(PY) -m pytest -q -m share tests/share
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

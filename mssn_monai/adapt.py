@@ -291,7 +291,7 @@ def adapt_bundle(
     Args:
         datalist: datalist of the new fields (records with ``mitoses`` and, where present, ``mimics``).
         out: the adapted bundle's folder (must be absent or empty unless ``overwrite``).
-        bundle: the bundle to start from (default: this checkout's ``bundle``).
+        bundle: the bundle to start from (default: ``checkpoints.DEFAULT_BUNDLE``).
         section: the datalist section holding the labelled fields.
         epochs: fine-tuning epochs of each stage (0: reference bank and calibration only, no gradient step).
         replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.

@@ -23,8 +23,23 @@ __all__ = [
     "load_detector",
 ]
 
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
-"""The bundle folder of a source checkout (``<repo>/bundle``)."""
+
+def _default_bundle() -> Path:
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "bundle", here / "bundle"]  # a source checkout's, then the installed copy
+    if here.parent.name == "scripts":  # the copy inside a packaged bundle (<bundle>/scripts/mssn_monai)
+        candidates.append(here.parents[1])
+    for candidate in candidates:
+        if (candidate / "configs" / "inference.json").is_file() and (candidate / "models" / MODEL_FILE).is_file():
+            return candidate
+    return candidates[0]
+
+
+DEFAULT_BUNDLE = _default_bundle()
+"""The bundle commands use when given none: a source checkout's ``<repo>/bundle``; else the bundle
+installed with the package (``mssn_monai/bundle`` in a wheel: configs, ``models/model.pt``, docs; no
+samples); else, for the copy of this package inside a packaged bundle (``<bundle>/scripts/mssn_monai``),
+that bundle. Never the working directory: the same command picks the same bundle from any folder."""
 
 
 def bundle_config(config_file: str | os.PathLike, bundle_root: str | os.PathLike | None = None) -> Any:
@@ -168,7 +183,7 @@ def load_detector(
     stain normalisation: the same detector and preprocessing as the bundle's inference workflow.
 
     Args:
-        bundle: the bundle folder (default: this checkout's ``bundle``).
+        bundle: the bundle folder (default: ``checkpoints.DEFAULT_BUNDLE``).
         device: where to run.
         normalize: use the bundle's stain normalisation when its config enables it.
 

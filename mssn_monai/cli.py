@@ -152,7 +152,7 @@ def candidates(
     Args:
         input: an image file or a folder of images (searched recursively).
         out: output folder.
-        bundle: the bundle folder (default: this checkout's ``bundle``).
+        bundle: the bundle folder (default: ``checkpoints.DEFAULT_BUNDLE``).
         spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
         threshold: candidate probability threshold (default: the bundle's ``candidate_threshold``, 0.5).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
@@ -189,7 +189,7 @@ def detect(
         input: an image file or a folder of images (TIFF, PNG, JPEG, BMP; searched recursively).
         out: output folder.
         bundle: the bundle folder holding ``configs/inference.json`` and ``models/model.pt``
-            (default: this checkout's ``bundle``); the same detector as the bundle's inference workflow.
+            (default: ``checkpoints.DEFAULT_BUNDLE``); the same detector as the bundle's inference workflow.
         spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
         overlay: also write ``<stem>_overlay.png`` with the detections drawn.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
@@ -234,7 +234,7 @@ def adapt(
     Args:
         datalist: datalist of the labelled fields of the new look (``prepare`` writes one).
         out: folder of the adapted bundle (absent or empty, unless ``--overwrite``).
-        bundle: the bundle to adapt (default: this checkout's ``bundle``).
+        bundle: the bundle to adapt (default: ``checkpoints.DEFAULT_BUNDLE``).
         section: the datalist section holding the labelled fields.
         epochs: fine-tuning epochs per stage (0: reference bank and calibration only, no gradient step).
         replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.
@@ -323,8 +323,8 @@ def demo(out: str = "demo_out", samples: str | None = None, section: str = "test
 
     Args:
         out: output folder.
-        samples: a labelled datalist (default: ``bundle/samples/datalist.json``, 8 synthetic fields
-            that were not used for training).
+        samples: a labelled datalist (default: ``bundle/samples/datalist.json`` of a source checkout, 8
+            synthetic fields that were not used for training; a wheel carries no samples: pass one).
         section: the datalist section to run on.
     """
     from mssn_monai.baseline import detect_baseline

@@ -39,7 +39,10 @@ def test_metadata_versions_match_package():
 
     meta = json.loads((ROOT / "bundle" / "configs" / "metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
-    assert meta["required_packages_version"]["mssn-monai"] == mssn_monai.__version__
+    assert meta["version"] == mssn_monai.__version__
+    # only packages a public index has: the code the configs import travels in the packaged bundle
+    assert "mssn-monai" not in meta["required_packages_version"]
+    assert all(v.count(".") >= 1 and v[0].isdigit() for v in meta["required_packages_version"].values())
     assert "synthetic" in meta["intended_use"]
 
 
@@ -67,3 +70,35 @@ def test_inference_workflow_has_monai_infer_properties():
     )
     workflow.initialize()
     assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize("config, workflow_type", [("inference.json", "infer"), ("train.json", "train")])
+def test_create_workflow_check_properties(tmp_path, config, workflow_type):
+    """``create_workflow(...).check_properties()`` (the model zoo's and MONAI Label's check) finds every property.
+
+    train.json needs a dataset to build its trainer: two sample fields for training, one for validation;
+    checkpoints and logs go to ``tmp_path`` so the bundle is left as it was.
+    """
+    from monai.bundle import create_workflow
+
+    configs = ROOT / "bundle" / "configs"
+    records = json.loads((ROOT / "bundle" / "samples" / "datalist.json").read_text())["testing"]
+    for record in records:
+        record["image"] = str(ROOT / "bundle" / "samples" / record["image"])
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": records[:2], "validation": records[2:3]}))
+    overrides = {"output_dir": str(tmp_path / "out")}
+    if workflow_type == "train":
+        overrides.update(dataset_dir=str(tmp_path), ckpt_dir=str(tmp_path / "models"))
+    hook = sys.excepthook
+    try:
+        workflow = create_workflow(
+            config_file=str(configs / config),
+            workflow_type=workflow_type,
+            bundle_root=str(ROOT / "bundle"),
+            meta_file=str(configs / "metadata.json"),
+            logging_file=str(configs / "logging.conf"),
+            **overrides,
+        )
+        assert workflow.check_properties() == []
+    finally:
+        sys.excepthook = hook  # inference.json's initialize installs the one-line error hook

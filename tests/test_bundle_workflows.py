@@ -168,26 +168,37 @@ def test_ckpt_export_torchscript_matches_eager(tmp_path):
 
 @pytest.mark.slow
 def test_package_bundle_runs_standalone(tmp_path):
-    zip_path = tmp_path / "b.zip"
+    """The zoo layout and its zip: the packaged code is imported, model.ts is fresh, inference runs unzipped."""
     r = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "package_bundle.py"), "--out", str(zip_path)],
+        [sys.executable, str(ROOT / "scripts" / "package_bundle.py"), "--out", str(tmp_path / "dist")],
         capture_output=True,
         text=True,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    version = json.loads((CONFIGS / "metadata.json").read_text())["version"]
+    folder = tmp_path / "dist" / "models" / "mssn_mitosis_detection"
+    zip_path = tmp_path / "dist" / f"mssn_mitosis_detection-{version}.zip"
     assert zip_path.stat().st_size < 20 * 2**20
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
-        assert not any("_checkpoint_" in n for n in names)
+        assert not any("_checkpoint_" in n or "__pycache__" in n for n in names)
         zf.extractall(tmp_path / "x")
     root = tmp_path / "x" / "mssn_mitosis_detection"
-    code = "import mssn_monai; print(mssn_monai.__file__)"
+    in_folder = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert sorted(n.split("/", 1)[1] for n in names) == in_folder
+    for rel in in_folder:  # the zip holds the folder byte for byte
+        assert (root / rel).read_bytes() == (folder / rel).read_bytes(), rel
+    assert {"models/model.pt", "models/model.ts", "large_files.yml", "scripts/mssn_monai/__init__.py"} <= set(in_folder)
+    assert "mssn_monai/networks/detector.py" in {n.split("/", 2)[2] for n in names if n.count("/") >= 2}
+    extra = {"metadata.json": ""}
+    torch.jit.load(str(root / "models" / "model.ts"), map_location="cpu", _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == version  # exported now, not stale
+    code = "import scripts, mssn_monai; print(mssn_monai.__file__)"
     probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
-    assert Path(probe.stdout.strip()).resolve().is_relative_to(root.resolve())  # the packaged copy is imported
+    assert Path(probe.stdout.strip()).resolve().is_relative_to(root.resolve() / "scripts")  # the packaged copy
     image = next((root / "samples" / "images").iterdir())
-    r = _bundle(
-        "run", "--config_file", "configs/inference.json", "--bundle_root", ".", "--input_dir", str(image), cwd=root
-    )
+    assert image.suffix == ".jpg" and image.stat().st_size <= 2**20
+    r = _bundle("run", "--config_file", "configs/inference.json", "--input_dir", str(image), cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (root / "eval" / f"{image.stem}.csv").is_file()
 
