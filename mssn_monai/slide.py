@@ -49,7 +49,7 @@ class SlideRun(dict):
 
 
 def tissue_blocks(
-    slide: Slide, level: int, block_px: int, thumb_side: int = 2048
+    slide: Slide, level: int, block_px: int, thumb_side: int = 1024
 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
     """The thumbnail, its tissue mask, its level-0 px per pixel, and the ``(rows, cols)`` bool grid of
     blocks (``block_px`` at ``level``) to process."""
@@ -160,6 +160,7 @@ def detect_slide(
     if max_blocks is not None:
         remaining = remaining[: int(max_blocks)]
     image = slide.level_image(level)
+    inner_bar, fields.detector.progress = fields.detector.progress, False  # one bar: blocks, with the ETA
     try:
         fit_on = stain_sample(image, grid, block_px)
         with tqdm(total=len(todo), initial=len(done), desc=stem, unit="block", disable=not progress) as bar:
@@ -170,6 +171,7 @@ def detect_slide(
                 bar.update(1)
     finally:
         image.close()
+        fields.detector.progress = inner_bar
     rows = [done[f"{i},{j}"] for i, j in todo if f"{i},{j}" in done]
     detections = np.asarray([r for block in rows for r in block], dtype=np.float64).reshape(-1, 3)
     tissue_mm2 = float(mask.sum()) * (scale * slide.spacing_um) ** 2 / 1e6
