@@ -15,7 +15,19 @@ from typing import Any
 
 from mssn_monai.constants import APERIO_SPACING_UM, DEFAULT_SPACING_UM, MATCH_RADIUS_UM
 
-__all__ = ["synth", "prepare", "baseline", "candidates", "detect", "slide", "evaluate", "adapt", "demo", "main"]
+__all__ = [
+    "synth",
+    "prepare",
+    "baseline",
+    "candidates",
+    "detect",
+    "slide",
+    "benchmark",
+    "evaluate",
+    "adapt",
+    "demo",
+    "main",
+]
 
 logger = logging.getLogger("mssn_monai")
 
@@ -272,6 +284,46 @@ def slide(
     print(f"wrote CSV, GeoJSON, ASAP XML, heat map, JSON and HTML report to {out}")
 
 
+def benchmark(
+    device: str | None = "cpu",
+    json: str | None = None,  # noqa: A002 - the public flag is --json
+    repeats: int = 3,
+    threads: int | None = None,
+    bundle: str | None = None,
+    region: bool = True,
+) -> None:
+    """Speed of the detector as users run it: a table and, with ``--json``, a JSON file.
+
+    ``field_seconds`` (both stages, one 2084x2084 field), ``naive_ratio`` (patch-by-patch FNR,
+    extrapolated, over the dense FNR), ``floor_ratio`` (time over FLOPs / measured matmul throughput),
+    ``region_seconds`` and ``peak_rss_mb`` (6000x5000, tiled path, own process), ``slide_mm2_per_s``
+    (a generated pyramidal slide through ``slide``), ``device``; after a warm-up, medians of
+    ``--repeats`` (see ``mssn_monai/benchmark.py``).
+
+    Typical usage::
+
+        python -m mssn_monai benchmark --device cpu --json runs/benchmark.json
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        json: write the numbers here as JSON.
+        repeats: timed runs per measurement (median).
+        threads: torch CPU threads (default: torch's).
+        bundle: the bundle folder (default: this checkout's ``bundle``).
+        region: also run the 6000x5000 region in its own process (about a minute on 2 cores).
+    """
+    from mssn_monai.benchmark import format_benchmark, run_benchmark
+
+    dev = _device(device)
+    results = run_benchmark(str(dev), repeats=repeats, threads=threads, bundle=bundle, region=region)
+    print(format_benchmark(results))
+    if json is not None:
+        from mssn_monai.io import write_json
+
+        write_json(json, results)
+        print(f"wrote {json}")
+
+
 def adapt(
     datalist: str,
     out: str,
@@ -501,6 +553,7 @@ COMMANDS = {
     "candidates": candidates,
     "detect": detect,
     "slide": slide,
+    "benchmark": benchmark,
     "evaluate": evaluate,
     "adapt": adapt,
     "demo": demo,
@@ -525,6 +578,7 @@ ARG_LIMITS = {
     "baseline": {"spacing": "(0, inf)"},
     "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]"},
     "detect": {"spacing": "(0, inf)"},
+    "benchmark": {"repeats": "[1, inf)", "threads": "[1, inf)"},
     "slide": {
         "spacing": "(0, inf)",
         "level": "[0, inf)",
