@@ -15,7 +15,19 @@ from typing import Any
 
 from mssn_monai.constants import APERIO_SPACING_UM, DEFAULT_SPACING_UM, MATCH_RADIUS_UM
 
-__all__ = ["synth", "prepare", "baseline", "candidates", "detect", "evaluate", "adapt", "demo", "main"]
+__all__ = [
+    "synth",
+    "prepare",
+    "baseline",
+    "candidates",
+    "detect",
+    "slide",
+    "benchmark",
+    "evaluate",
+    "adapt",
+    "demo",
+    "main",
+]
 
 logger = logging.getLogger("mssn_monai")
 
@@ -206,6 +218,110 @@ def detect(
     for name, count, density in counts:
         print(f"{name}: {count} mitoses ({density:.1f} per mm^2)")
     print(f"wrote CSV, GeoJSON and JSON for {len(counts)} images to {out}")
+
+
+def slide(
+    input: str,  # noqa: A002
+    out: str,
+    spacing: float | None = None,
+    level: int = 0,
+    resume: bool = False,
+    bundle: str | None = None,
+    hotspot: str = "circle",
+    area_mm2: float = 2.0,
+    hpf_diameter_mm: float = 0.5,
+    hpf_count: int = 10,
+    device: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Whole slide: mitoses over the tissue, the hotspot, the mitotic score, and one report per slide.
+
+    Reads a pyramidal TIFF (MONAI ``WSIReader``, tifffile backend; tiles decoded on demand), finds the
+    tissue on a low level, streams the tissue blocks through the bundle's detector, and writes
+    ``OUT/<stem>.csv``, ``.geojson`` (QuPath: points and the hotspot), ``.xml`` (ASAP),
+    ``_heatmap.png`` / ``.npy`` (mitoses per mm²), ``.json`` and ``.html`` (self-contained report).
+    Detections are in level-0 pixels. A killed run continues with ``--resume``.
+
+    Typical usage::
+
+        python -m mssn_monai slide --input slide.tif --out reports/
+        python -m mssn_monai slide --input slide.tif --out reports/ --hotspot hpf --hpf-diameter-mm 0.55
+
+    The shipped weights are trained on synthetic data only: retrain on real data before real use.
+
+    Args:
+        input: the slide (pyramidal, tiled TIFF: ``.tif``, ``.tiff``, ``.svs``, OME-TIFF).
+        out: output folder.
+        spacing: level-0 um/px, overriding the file's (needed when the file has none).
+        level: pyramid level to detect at (0: full resolution).
+        resume: continue from ``OUT/<stem>.progress.json`` of a killed run with the same settings.
+        bundle: the bundle folder (default: this checkout's ``bundle``).
+        hotspot: ``circle`` or ``square`` of ``--area-mm2``, or ``hpf`` (``--hpf-count`` fields of
+            ``--hpf-diameter-mm``, as one circle of their total area).
+        area_mm2: hotspot area in mm² (circle, square).
+        hpf_diameter_mm: field diameter in mm (hpf).
+        hpf_count: number of fields (hpf).
+        device: ``cpu`` or ``cuda`` (default: cuda when available).
+        progress: show the progress bar.
+    """
+    from mssn_monai.checkpoints import load_detector
+    from mssn_monai.io import remove_stale_temporaries
+    from mssn_monai.report import find_hotspot, write_slide_report
+    from mssn_monai.slide import detect_slide
+
+    if spacing is not None:
+        spacing = _spacing(spacing)
+    fields = load_detector(bundle, _device(device))
+    remove_stale_temporaries(out) if Path(out).is_dir() else None
+    run = detect_slide(input, out, fields, spacing=spacing, level=level, resume=resume, progress=progress)
+    hot = find_hotspot(run["detections"], run["slide"].spacing_um, hotspot, area_mm2, hpf_diameter_mm, hpf_count)
+    summary = write_slide_report(Path(out) / run["slide"].path.stem, run, hot, bundle)
+    print(
+        f"{summary['slide']}: {summary['count']} mitoses on {summary['tissue_mm2']:.2f} mm² of tissue "
+        f"({summary['tissue_blocks']} blocks, {summary['seconds']:.1f} s); hotspot {hot['count']} in "
+        f"{hot['area_mm2']:.2f} mm² ({hot['per_mm2']:.2f} per mm²), mitotic score {hot['score']}"
+    )
+    print(f"wrote CSV, GeoJSON, ASAP XML, heat map, JSON and HTML report to {out}")
+
+
+def benchmark(
+    device: str | None = "cpu",
+    json: str | None = None,  # noqa: A002 - the public flag is --json
+    repeats: int = 3,
+    threads: int | None = None,
+    bundle: str | None = None,
+    region: bool = True,
+) -> None:
+    """Speed of the detector as users run it: a table and, with ``--json``, a JSON file.
+
+    ``field_seconds`` (both stages, one 2084x2084 field), ``naive_ratio`` (patch-by-patch FNR,
+    extrapolated, over the dense FNR), ``floor_ratio`` (time over FLOPs / measured matmul throughput),
+    ``region_seconds`` and ``peak_rss_mb`` (6000x5000, tiled path, own process), ``slide_mm2_per_s``
+    (a generated pyramidal slide through ``slide``), ``device``; after a warm-up, medians of
+    ``--repeats`` (see ``mssn_monai/benchmark.py``).
+
+    Typical usage::
+
+        python -m mssn_monai benchmark --device cpu --json runs/benchmark.json
+
+    Args:
+        device: ``cpu`` or ``cuda``.
+        json: write the numbers here as JSON.
+        repeats: timed runs per measurement (median).
+        threads: torch CPU threads (default: torch's).
+        bundle: the bundle folder (default: this checkout's ``bundle``).
+        region: also run the 6000x5000 region in its own process (about a minute on 2 cores).
+    """
+    from mssn_monai.benchmark import format_benchmark, run_benchmark
+
+    dev = _device(device)
+    results = run_benchmark(str(dev), repeats=repeats, threads=threads, bundle=bundle, region=region)
+    print(format_benchmark(results))
+    if json is not None:
+        from mssn_monai.io import write_json
+
+        write_json(json, results)
+        print(f"wrote {json}")
 
 
 def adapt(
@@ -436,6 +552,8 @@ COMMANDS = {
     "baseline": baseline,
     "candidates": candidates,
     "detect": detect,
+    "slide": slide,
+    "benchmark": benchmark,
     "evaluate": evaluate,
     "adapt": adapt,
     "demo": demo,
@@ -460,6 +578,15 @@ ARG_LIMITS = {
     "baseline": {"spacing": "(0, inf)"},
     "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]"},
     "detect": {"spacing": "(0, inf)"},
+    "benchmark": {"repeats": "[1, inf)", "threads": "[1, inf)"},
+    "slide": {
+        "spacing": "(0, inf)",
+        "level": "[0, inf)",
+        "hotspot": ("circle", "square", "hpf"),
+        "area_mm2": "(0, inf)",
+        "hpf_diameter_mm": "(0, inf)",
+        "hpf_count": "[1, inf)",
+    },
     "evaluate": {"radius_um": "(0, inf)", "matching": ("optimal", "greedy")},
     "adapt": {"epochs": "[0, inf)", "seed": "[0, inf)"},
 }

@@ -49,6 +49,7 @@ __all__ = [
     "iter_images",
     "output_stems",
     "detections_to_geojson",
+    "asap_xml",
 ]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -345,17 +346,26 @@ class TiledTiffImage:
             samples per pixel, in chunks of at most :data:`MAX_CHUNK_PIXELS` pixels (:func:`open_image`
             checks this and falls back to a whole read).
         cache_mb: decoded chunks kept, in MB.
+        level: pyramid level of the first series to read (tifffile's ``series[0].levels``: SubIFD and
+            SVS-style pyramids alike); 0 is the first page.
 
     Raises:
-        ValueError: a page that does not qualify (the message names the file).
+        ValueError: a page that does not qualify, or a missing level (the message names the file).
     """
 
-    def __init__(self, path: str | os.PathLike, cache_mb: float = 256.0) -> None:
+    def __init__(self, path: str | os.PathLike, cache_mb: float = 256.0, level: int = 0) -> None:
         import tifffile
 
         self.path = Path(path)
         self._tif = tifffile.TiffFile(self.path)
-        page = self._tif.pages[0]
+        if level == 0:
+            page = self._tif.pages[0]
+        else:
+            levels = self._tif.series[0].levels if self._tif.series else []
+            if not 0 <= level < len(levels):
+                self._tif.close()
+                raise ValueError(f"{self.path}: no pyramid level {level} (levels 0-{max(len(levels) - 1, 0)})")
+            page = levels[level].keyframe
         chunk = (int(page.chunks[0]), int(page.chunks[1])) if len(page.chunks) >= 2 else (0, 0)
         ok = (
             page.imagedepth == 1
@@ -789,3 +799,41 @@ def detections_to_geojson(
             }
         )
     return {"type": "FeatureCollection", "features": features}
+
+
+def asap_xml(
+    annotations: Sequence[Mapping[str, Any]],
+    groups: Mapping[str, str],
+    attributes: Mapping[str, Any] | None = None,
+) -> str:
+    """An ASAP XML document (``ASAP_Annotations``), built with :mod:`xml.etree.ElementTree` so every
+    attribute is escaped and any XML parser reads it.
+
+    Args:
+        annotations: each ``{"name", "type" ("Dot", "Polygon", ...), "group", "color" ("#rrggbb"),
+            "coordinates": [(x, y), ...]}`` in level-0 pixels.
+        groups: ``{group name: "#rrggbb"}`` for ``AnnotationGroups``.
+        attributes: extra attributes of the ``Annotations`` element (e.g. ``Name``, ``Model``).
+
+    Returns:
+        the document, with an XML declaration.
+    """
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("ASAP_Annotations")
+    parent = ET.SubElement(root, "Annotations", {k: str(v) for k, v in (attributes or {}).items()})
+    for a in annotations:
+        el = ET.SubElement(
+            parent,
+            "Annotation",
+            {"Name": str(a["name"]), "Type": str(a["type"]), "PartOfGroup": str(a["group"]), "Color": str(a["color"])},
+        )
+        coords = ET.SubElement(el, "Coordinates")
+        for i, point in enumerate(a["coordinates"]):
+            ET.SubElement(coords, "Coordinate", {"Order": str(i), "X": str(point[0]), "Y": str(point[1])})
+    group_el = ET.SubElement(root, "AnnotationGroups")
+    for name, color in groups.items():
+        g = ET.SubElement(group_el, "Group", {"Name": str(name), "PartOfGroup": "None", "Color": str(color)})
+        ET.SubElement(g, "Attributes")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

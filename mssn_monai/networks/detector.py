@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -55,9 +55,14 @@ from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
 from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
 
-__all__ = ["MSSNDetector", "FieldDetector", "detection_map_to_points"]
+__all__ = ["MSSNDetector", "FieldDetector", "detection_map_to_points", "PLATEAU_MARGIN_CELLS"]
 
 _MIN_SCORE = 1e-6  # a detection's value in the map is at least this, so 0 always means "nothing here"
+
+PLATEAU_MARGIN_CELLS = 8
+"""Map cells (32 px) of extra context around a block in :meth:`FieldDetector.detect_blocks`, beyond the peak
+footprint, so plateaus of saturated probability across a block edge (a mitosis is 5-15 um, 5-15 cells at
+0.25 um/px) are seen whole from both sides."""
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -419,8 +424,14 @@ class FieldDetector:
             field = torch.as_tensor(self.normalizer(field))
         return field.to(self._device)
 
-    def _reader(self, image: np.ndarray) -> Callable[[int, int, int, int], torch.Tensor]:
-        """``crop(y0, y1, x0, x1)``: that window of ``image`` as the detector sees it, converted on demand."""
+    def _reader(
+        self, image: np.ndarray, fit_on: np.ndarray | None = None
+    ) -> Callable[[int, int, int, int], torch.Tensor]:
+        """``crop(y0, y1, x0, x1)``: that window of ``image`` as the detector sees it, converted on demand.
+
+        The stain statistics are fitted on ``fit_on`` (a sample of the field, e.g. tissue tiles of a
+        slide) when given, else on the field's regular subsample.
+        """
         if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"image must be (H, W, 3) RGB with H, W >= 1, got shape {tuple(image.shape)}.")
         norm, device = self.normalizer, self._device
@@ -429,7 +440,7 @@ class FieldDetector:
         if not (hasattr(norm, "fit_field") and hasattr(norm, "apply")):  # an opaque normaliser: the whole field
             field = self.prepare(image)
             return lambda y0, y1, x0, x1: field[:, y0:y1, x0:x1]
-        fitted = norm.fit_field(image)
+        fitted = norm.fit_field(image if fit_on is None else fit_on)
         if fitted is None:  # the normaliser's fallback: the field unchanged
             return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
         return lambda y0, y1, x0, x1: torch.as_tensor(norm.apply(hwc_to_chw_float(image[y0:y1, x0:x1]), fitted)).to(
@@ -495,6 +506,101 @@ class FieldDetector:
             v, vs, p = det.vote(crop(y0, y1, x0, x1), local)
             voted[idx], votes[idx], probability[idx] = v, vs.to(votes.dtype), p.to(probability.dtype)
         return voted, votes, probability
+
+    def peak_margin_cells(self, spacing_um: float) -> int:
+        """Map cells of context around a block for its peaks to be those of the whole map.
+
+        A cell is a peak when it is the maximum over a disk of ``r = ceil(min_distance / 4) - 1`` cells
+        (:func:`~mssn_monai.ops.peaks_torch.find_peaks_torch`), so ``r`` cells of context decide every
+        peak of the block; :data:`PLATEAU_MARGIN_CELLS` more let a plateau of equal values (saturated
+        probabilities) that crosses the block's edge be seen whole from both sides.
+        """
+        min_distance_px = self.detector.min_distance_um / float(spacing_um)
+        r = max(int(math.ceil(min_distance_px / self.detector.output_stride)) - 1, 0)
+        return r + PLATEAU_MARGIN_CELLS
+
+    def block_grid(self, height: int, width: int) -> tuple[int, int]:
+        """``(rows, cols)`` of the block grid of an ``height x width`` field (blocks of :attr:`block_px`)."""
+        return -(-int(height) // self.block_px), -(-int(width) // self.block_px)
+
+    def detect_blocks(
+        self,
+        image: np.ndarray,
+        spacing_um: float,
+        blocks: Iterable[tuple[int, int]] | None = None,
+        fit_on: np.ndarray | None = None,
+    ) -> Iterator[tuple[tuple[int, int], dict[str, np.ndarray]]]:
+        """Both stages, block by block, each block on its own: memory bounded by a block, whatever the field.
+
+        For whole slides (:mod:`mssn_monai.slide`): only the ``blocks`` asked for are computed, in any
+        order, and each block's answer depends on the field alone, not on which other blocks ran, so a
+        run can stop and resume between blocks. Block ``(i, j)`` covers pixels
+        ``[i * block_px, (i + 1) * block_px) x [j * block_px, (j + 1) * block_px)``. Its stage-1 map is
+        computed with :meth:`peak_margin_cells` cells of map around it (and the patch context of those),
+        its candidates are the peaks of that map that fall in the block, and the vote reads each
+        candidate's patches with their own context: a mitosis on a block seam is found by exactly one
+        block, and the detections equal :meth:`__call__`'s on the whole field (the maps to float
+        rounding of the convolutions, the peaks apart from equal-score ties that reach farther than the
+        margin across a seam).
+
+        Args:
+            image: ``(H, W, 3)`` uint8 field or a lazy reader of one (``image[y0:y1, x0:x1]``).
+            spacing_um: its pixel spacing in um/px.
+            blocks: ``(i, j)`` indices of the blocks to run (default: all, in raster order).
+            fit_on: ``(h, w, 3)`` uint8 sample to fit the stain statistics on (default: the field's
+                regular subsample, :meth:`~mssn_monai.transforms.NormalizeHEStain.fit_field`).
+
+        Yields:
+            ``((i, j), result)`` per block, ``result`` as :meth:`__call__`'s (field coordinates).
+        """
+        det, s = self.detector, self.detector.output_stride
+        h, w = int(image.shape[0]), int(image.shape[1])
+        n_rows, n_cols = -(-h // s), -(-w // s)
+        bc = self.block_px // s
+        grid_rows, grid_cols = self.block_grid(h, w)
+        todo = (
+            [(i, j) for i in range(grid_rows) for j in range(grid_cols)]
+            if blocks is None
+            else [(int(i), int(j)) for i, j in blocks]
+        )
+        for i, j in todo:
+            if not (0 <= i < grid_rows and 0 <= j < grid_cols):
+                raise ValueError(
+                    f"block {(i, j)} is outside the {grid_rows}x{grid_cols} block grid of a {w}x{h} field."
+                )
+        m = self.peak_margin_cells(spacing_um)
+        qy, qx = det.fnr.half_extent
+        hy, hx = -(-qy // s) * s, -(-qx // s) * s
+        halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
+        with torch.inference_mode(), _eval(det):
+            crop = self._reader(image, fit_on)
+            for i, j in todo:
+                r0, c0 = i * bc, j * bc
+                rows, cols = min(bc, n_rows - r0), min(bc, n_cols - c0)
+                er0, ec0 = max(0, r0 - m), max(0, c0 - m)
+                er1, ec1 = min(n_rows, r0 + rows + m), min(n_cols, c0 + cols + m)
+                y0, x0 = max(0, s * er0 - hy), max(0, s * ec0 - hx)
+                y1, x1 = min(h, s * (er1 - 1) + qy + 1), min(w, s * (ec1 - 1) + qx + 1)
+                fused = det.stage1_region(crop(y0, y1, x0, x1), er0 - y0 // s, er1 - er0, ec0 - x0 // s, ec1 - ec0)
+                peaks = det.peaks(fused[det.fnr.fused_key], float(spacing_um)).double()
+                pr = torch.round(peaks[:, 1] / s).long() + er0
+                pc = torch.round(peaks[:, 0] / s).long() + ec0
+                inside = (pr >= r0) & (pr < r0 + rows) & (pc >= c0) & (pc < c0 + cols)
+                candidates = peaks[inside]
+                candidates[:, 0] += s * ec0
+                candidates[:, 1] += s * er0
+                by0, bx0 = s * r0, s * c0
+                vy0, vx0 = max(0, by0 - halo), max(0, bx0 - halo)
+                vy1, vx1 = min(h, by0 + s * rows + halo), min(w, bx0 + s * cols + halo)
+                local = candidates.clone()
+                local[:, 0] -= vx0
+                local[:, 1] -= vy0
+                voted, votes, probability = det.vote(crop(vy0, vy1, vx0, vx1), local)
+                out = det.decide(candidates, voted, votes, probability)
+                yield (
+                    (i, j),
+                    {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()},
+                )
 
     def fused_map(self, image: np.ndarray) -> torch.Tensor:
         """The fused stage-1 map of one field, ``(ceil(H / 4), ceil(W / 4))`` float32 on the detector's device."""

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 
 from mssn_monai.constants import DEFAULT_SPACING_UM
 from mssn_monai.data.annotations import PointLabels, read_point_labels
+from mssn_monai.io import asap_xml as write_asap_document
 
 __all__ = [
     "VERSION_PATTERN",
@@ -184,20 +184,16 @@ def asap_xml(res_json: Mapping[str, Any]) -> str:
     """
     location = list(res_json.get("location") or (0, 0))[:2]
     size = list(res_json.get("size") or (0, 0))[:2]
-    root = ET.Element("ASAP_Annotations")
-    annotations = ET.SubElement(
-        root,
-        "Annotations",
-        {
-            "Name": str(res_json.get("name") or ""),
-            "Description": str(res_json.get("description") or ""),
-            "Model": str(res_json.get("model") or ""),
-            "X": str(location[0]),
-            "Y": str(location[1]),
-            "W": str(size[0]),
-            "H": str(size[1]),
-        },
-    )
+    attributes = {
+        "Name": str(res_json.get("name") or ""),
+        "Description": str(res_json.get("description") or ""),
+        "Model": str(res_json.get("model") or ""),
+        "X": str(location[0]),
+        "Y": str(location[1]),
+        "W": str(size[0]),
+        "H": str(size[1]),
+    }
+    annotations: list[dict[str, Any]] = []
     groups: dict[str, str] = {}
     for tile in res_json.get("annotations") or []:
         annotation = (tile or {}).get("annotation") or {}
@@ -207,18 +203,10 @@ def asap_xml(res_json: Mapping[str, Any]) -> str:
             color = _hex(colors.get(label))
             groups[label] = color
             for contour in element.get("contours") or []:
-                a = ET.SubElement(
-                    annotations, "Annotation", {"Name": label, "Type": "Polygon", "PartOfGroup": label, "Color": color}
+                annotations.append(
+                    {"name": label, "type": "Polygon", "group": label, "color": color, "coordinates": contour}
                 )
-                coords = ET.SubElement(a, "Coordinates")
-                for i, point in enumerate(contour):
-                    ET.SubElement(coords, "Coordinate", {"Order": str(i), "X": str(point[0]), "Y": str(point[1])})
-    group_el = ET.SubElement(root, "AnnotationGroups")
-    for label, color in groups.items():
-        g = ET.SubElement(group_el, "Group", {"Name": label, "PartOfGroup": "None", "Color": color})
-        ET.SubElement(g, "Attributes")
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return write_asap_document(annotations, groups, attributes)
 
 
 def write_asap_xml(res_json: Mapping[str, Any], path: str | os.PathLike) -> tuple[str, int]:

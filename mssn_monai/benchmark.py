@@ -1,0 +1,175 @@
+"""One place for speed numbers: ``python -m mssn_monai benchmark [--device cpu|cuda] [--json FILE]``.
+
+Every number comes from the bundle's detector as users run it (:func:`mssn_monai.checkpoints.load_detector`:
+stain normalisation, both stages), after a warm-up run, as the median of ``repeats`` runs where stated:
+
+- ``field_seconds``: both stages on one synthetic 2084x2084 field (median of ``repeats``).
+- ``stage1_seconds``: the dense FNR alone on that field (median of ``repeats``).
+- ``naive_ratio``: the same FNR weights run patch by patch (``classify_patches`` on 120x120 patches,
+  one per map cell, batches of 64) on ``naive_cells`` cells, extrapolated to the field's
+  ``ceil(2084 / 4)**2`` cells, divided by ``stage1_seconds`` (what the dense, shared computation saves).
+- ``floor_ratio``: ``field_seconds`` divided by (FLOPs of both stages on the field, counted with
+  ``torch.utils.flop_counter``) / (matmul throughput measured in the same run, 2048x2048 float32).
+- ``region_seconds`` and ``peak_rss_mb``: a 6000x5000 field (a synthetic 1024x1024 field tiled) through
+  the tiled path (``detect``'s code), in a fresh process so the peak resident memory is its own; once.
+- ``slide_mm2_per_s``: tissue mm² per second of ``slide`` on a generated pyramidal slide
+  (:func:`mssn_monai.data.synthetic_slide.generate_slide`), reading, tissue detection and stain fit
+  included, report excluded; once, after the warm-up field runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["run_benchmark", "format_benchmark"]
+
+_REGION_CHILD = r"""
+import json, resource, sys, time
+import numpy as np, torch
+torch.set_num_threads({threads})
+from mssn_monai.checkpoints import load_detector
+from mssn_monai.data.synthetic import generate_field
+fields = load_detector({bundle!r}, {device!r})
+field = generate_field((1024, 1024), seed=4).image
+image = np.ascontiguousarray(np.tile(field, (5, 6, 1))[:5000, :6000])
+t = time.perf_counter()
+out = fields(image, 0.2455)
+seconds = time.perf_counter() - t
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "detections": int(len(out["detections"]))}}))
+"""
+
+
+def _median_time(fn: Any, repeats: int, sync: Any) -> tuple[float, Any]:
+    fn()  # warm-up
+    sync()
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def run_benchmark(
+    device: str = "cpu",
+    repeats: int = 3,
+    threads: int | None = None,
+    bundle: str | None = None,
+    naive_cells: int = 256,
+    slide_size: tuple[int, int] = (6144, 4096),
+    slide_islands: int = 6,
+    region: bool = True,
+) -> dict[str, Any]:
+    """Run every measurement (see the module docstring) and return them as a dict."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mssn_monai.checkpoints import load_detector
+    from mssn_monai.data.synthetic import generate_field
+    from mssn_monai.data.synthetic_slide import generate_slide
+    from mssn_monai.slide import detect_slide
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    dev = torch.device(device)
+    sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
+    fields = load_detector(bundle, dev)
+    fields.detector.progress = False
+    image = generate_field((2084, 2084), seed=7).image
+    spacing = 0.2455
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "repeats": repeats,
+    }
+    field_s, out = _median_time(lambda: fields(image, spacing), repeats, sync)
+    results["field_seconds"] = field_s
+    results["field_detections"] = int(len(out["detections"]))
+    results["field_candidates"] = int(len(out["candidates"]))
+    stage1_s, _ = _median_time(lambda: fields.fused_map(image), repeats, sync)
+    results["stage1_seconds"] = stage1_s
+
+    # naive: one 120x120 patch per map cell, same weights, same stride
+    fnr = fields.detector.fnr
+    chw = torch.as_tensor(np.ascontiguousarray(image[:512, :512])).permute(2, 0, 1).float().div(255).to(dev)
+    pad = torch.nn.functional.pad(chw[None], (60, 60, 60, 60), mode="reflect")[0]
+    side = int(math.sqrt(naive_cells))
+    centres = [(4 * j, 4 * i) for i in range(side) for j in range(side)]
+
+    def naive() -> None:
+        with torch.inference_mode():
+            for k in range(0, len(centres), 64):
+                batch = torch.stack([pad[:, y : y + 120, x : x + 120] for x, y in centres[k : k + 64]])
+                fnr.classify_patches(batch)
+
+    naive_s, _ = _median_time(naive, repeats, sync)
+    cells = math.ceil(2084 / 4) ** 2
+    results["naive_seconds_extrapolated"] = naive_s / len(centres) * cells
+    results["naive_ratio"] = results["naive_seconds_extrapolated"] / stage1_s
+
+    # floor: FLOPs of both stages over measured matmul throughput
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fields(image, spacing)
+    flops = counter.get_total_flops()
+    a = torch.randn(2048, 2048, device=dev)
+    mm_s, _ = _median_time(lambda: a @ a, max(repeats, 5), sync)
+    throughput = 2 * 2048**3 / mm_s
+    results["gflops_field"] = flops / 1e9
+    results["matmul_gflop_per_s"] = throughput / 1e9
+    results["floor_ratio"] = field_s / (flops / throughput)
+
+    if region:
+        code = _REGION_CHILD.format(threads=torch.get_num_threads(), bundle=bundle, device=str(dev))
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"region benchmark failed: {proc.stderr.strip().splitlines()[-1:]}")
+        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        results["region_seconds"] = child["seconds"]
+        results["peak_rss_mb"] = child["peak_rss_mb"]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic = generate_slide(Path(tmp) / "bench.tif", size=slide_size, n_islands=slide_islands, seed=5)
+        sync()
+        run = detect_slide(str(synthetic.path), tmp, fields, progress=False)
+        sync()
+    results["slide_seconds"] = run["seconds"]
+    results["slide_tissue_mm2"] = run["tissue_mm2"]
+    results["slide_blocks"] = run["blocks"]
+    results["slide_mm2_per_s"] = run["tissue_mm2"] / run["seconds"]
+    return results
+
+
+_GOALS = {
+    "field_seconds": "<= 1.0",
+    "naive_ratio": ">= 200",
+    "floor_ratio": "<= 2",
+    "peak_rss_mb": "<= 2048",
+    "slide_mm2_per_s": ">= 1.0 (CPU), >= 100 (GPU)",
+}
+
+
+def format_benchmark(results: dict[str, Any]) -> str:
+    """A plain-text table of :func:`run_benchmark`'s numbers with the issue's goals."""
+    lines = [f"device: {results['device']}  (torch {results['torch']}, medians of {results['repeats']})"]
+    lines.append(f"{'measure':<28} {'value':>12}  goal")
+    for key, value in results.items():
+        if key in ("device", "torch", "repeats"):
+            continue
+        text = f"{value:.3f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<28} {text:>12}  {_GOALS.get(key, '')}")
+    return "\n".join(lines)

@@ -1,0 +1,97 @@
+"""Tissue mask of a slide thumbnail: Otsu's threshold on saturation, small holes filled, specks dropped.
+
+Stained tissue is coloured and glass is white or grey, so saturation (HSV's ``(max - min) / max``)
+separates them better than brightness, which also darkens in pen marks, dust and dark glass edges.
+Otsu's threshold (:func:`skimage.filters.threshold_otsu`) picks the cut between the two modes; a floor
+(``min_saturation``) keeps a blank slide (one mode: glass) from being split in two. Holes smaller than
+``max_hole_px`` (lumina, fat vacuoles, cracks) are filled, so tiles inside tissue are kept; objects
+smaller than ``min_object_px`` (dust) are dropped.
+
+numpy / scipy / scikit-image only; no IO.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["saturation", "tissue_mask", "mask_blocks"]
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """``(H, W)`` float32 HSV saturation in ``[0, 1]`` of an ``(H, W, 3)`` RGB image (black has 0)."""
+    arr = np.asarray(rgb)
+    if arr.ndim != 3 or arr.shape[-1] < 3:
+        raise ValueError(f"rgb must be (H, W, 3), got shape {arr.shape}.")
+    arr = arr[..., :3].astype(np.float32)
+    hi, lo = arr.max(axis=-1), arr.min(axis=-1)
+    return np.where(hi > 0, (hi - lo) / np.maximum(hi, 1e-6), 0.0).astype(np.float32)
+
+
+def tissue_mask(
+    rgb: np.ndarray, min_saturation: float = 0.05, max_hole_px: int = 64, min_object_px: int = 16
+) -> np.ndarray:
+    """``(H, W)`` bool mask of tissue in a low-resolution ``(H, W, 3)`` RGB image of a slide.
+
+    Args:
+        rgb: the thumbnail (uint8 or float in the same scale for all channels).
+        min_saturation: the threshold is never below this (a blank slide has no tissue).
+        max_hole_px: background holes up to this many pixels inside tissue are filled.
+        min_object_px: tissue objects smaller than this many pixels are dropped.
+
+    Returns:
+        bool mask; all false when nothing is saturated enough.
+    """
+    from skimage.filters import threshold_otsu
+
+    sat = saturation(rgb)
+    if sat.size == 0:
+        return np.zeros(sat.shape, dtype=bool)
+    threshold = float(threshold_otsu(sat)) if float(sat.max()) > float(sat.min()) else 1.0
+    mask = sat > max(threshold, float(min_saturation))
+    if max_hole_px > 0:
+        mask = ~_drop_small(~mask, max_hole_px)
+    if min_object_px > 0:
+        mask = _drop_small(mask, min_object_px - 1)
+    return mask
+
+
+def _drop_small(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """``mask`` without its 4-connected components of at most ``max_size`` pixels (a copy)."""
+    from scipy import ndimage
+
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask.copy()
+    sizes = np.bincount(labels.ravel())
+    small = sizes <= max_size
+    small[0] = False
+    return mask & ~small[labels]
+
+
+def mask_blocks(mask: np.ndarray, scale: float, block_px: int, size: tuple[int, int], margin_px: int = 0) -> np.ndarray:
+    """Which blocks of a level-0 grid hold tissue: ``(rows, cols)`` bool.
+
+    Args:
+        mask: ``(h, w)`` tissue mask of a thumbnail.
+        scale: level-0 pixels per mask pixel (the thumbnail's downsample).
+        block_px: block side in level-0 pixels.
+        size: ``(H, W)`` of level 0.
+        margin_px: a block also counts when tissue lies within this many level-0 pixels of it.
+
+    Returns:
+        ``(ceil(H / block_px), ceil(W / block_px))`` bool.
+    """
+    h, w = int(size[0]), int(size[1])
+    rows, cols = -(-h // block_px), -(-w // block_px)
+    out = np.zeros((rows, cols), dtype=bool)
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return out
+    # each mask pixel covers level-0 [y * scale, (y + 1) * scale): mark every block it (plus margin) touches
+    y0 = np.floor((ys * scale - margin_px) / block_px).astype(np.int64).clip(0, rows - 1)
+    y1 = np.floor(((ys + 1) * scale + margin_px - 1e-6) / block_px).astype(np.int64).clip(0, rows - 1)
+    x0 = np.floor((xs * scale - margin_px) / block_px).astype(np.int64).clip(0, cols - 1)
+    x1 = np.floor(((xs + 1) * scale + margin_px - 1e-6) / block_px).astype(np.int64).clip(0, cols - 1)
+    for a, b, c, d in set(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=True)):
+        out[a : b + 1, c : d + 1] = True
+    return out

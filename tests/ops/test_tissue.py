@@ -1,0 +1,45 @@
+"""Tissue mask on drawn images."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mssn_monai.ops.tissue import mask_blocks, saturation, tissue_mask
+
+
+def _drawn() -> np.ndarray:
+    img = np.full((60, 80, 3), 242, dtype=np.uint8)  # glass
+    img[10:40, 10:50] = (200, 120, 180)  # tissue (pink)
+    img[20:24, 20:24] = (240, 240, 240)  # a small hole (lumen) inside it: filled
+    img[50:52, 70:72] = (120, 60, 140)  # a 4-px speck of dust: dropped
+    img[45:58, 55:60] = (90, 90, 90)  # dark grey pen / glass edge: not saturated, not tissue
+    return img
+
+
+def test_tissue_mask_on_drawn_image():
+    mask = tissue_mask(_drawn(), max_hole_px=32, min_object_px=8)
+    expected = np.zeros((60, 80), dtype=bool)
+    expected[10:40, 10:50] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_blank_slide_has_no_tissue():
+    assert not tissue_mask(np.full((20, 20, 3), 245, dtype=np.uint8)).any()
+    noisy = np.random.default_rng(0).integers(235, 250, size=(20, 20, 3)).astype(np.uint8)
+    assert not tissue_mask(noisy).any()  # the floor on saturation: Otsu alone would split the noise
+
+
+def test_saturation_values():
+    s = saturation(np.array([[[255, 0, 0], [0, 0, 0], [100, 100, 100]]], dtype=np.uint8))
+    np.testing.assert_allclose(s, [[1.0, 0.0, 0.0]])
+
+
+def test_mask_blocks():
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0, 0] = True  # level-0 [0, 16) x [0, 16) at scale 16
+    mask[9, 9] = True  # level-0 [144, 160)
+    blocks = mask_blocks(mask, scale=16, block_px=64, size=(160, 160))
+    assert blocks.shape == (3, 3)
+    assert blocks.tolist() == [[True, False, False], [False, False, False], [False, False, True]]
+    grown = mask_blocks(mask, scale=16, block_px=64, size=(160, 160), margin_px=50)
+    assert grown[1, 1] and grown[0, 1] and not grown[0, 2]
