@@ -148,6 +148,38 @@ def test_asap_xml_is_escaped_and_parses():
     assert [g.get("Name") for g in root.iter("Group")] == ["mitosis"]
 
 
+def test_asap_xml_is_read_by_javas_documentbuilder(tmp_path, java_asap):
+    """What the QuPath extension does with an answer: Java's ``DocumentBuilder`` parses the file the app writes
+    (``&``, ``<``, ``>``, both quotes and a non-ASCII character in the description and a group name)."""
+    description = 'Two-stage detection in H&E fields <"research" only> it\'s 0.25 \u00b5m/px'
+    res = {
+        "name": "MONAILabel Annotations - mssn <1>",
+        "description": description,
+        "model": "mssn_mitosis",
+        "location": [5, 6],
+        "size": [7, 8],
+        "annotations": [_tile([0, 200, 0], [[1, 2], [3, 4], [5, 6]]), _tile("#00c800", [[9.5, 9], [9, 10], [10, 10]])],
+    }
+    res["annotations"][1]["annotation"]["elements"][0]["label"] = "mitosis & <mimic>"
+    path, n = core.write_asap_xml(res, tmp_path / "answer.xml")
+    got = java_asap(path)
+    assert got.root == "ASAP_Annotations" and n == 2
+    assert got.attrs["Description"] == description and got.attrs["Name"] == res["name"]
+    assert (got.attrs["X"], got.attrs["Y"], got.attrs["W"], got.attrs["H"]) == ("5", "6", "7", "8")
+    assert got.annotations == [
+        ("mitosis", "Polygon", "mitosis", [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)]),
+        ("mitosis & <mimic>", "Polygon", "mitosis & <mimic>", [(9.5, 9.0), (9.0, 10.0), (10.0, 10.0)]),
+    ]
+
+
+def test_java_documentbuilder_refuses_an_unescaped_description(tmp_path, java_asap):
+    """The control: MONAI Label's own ASAP writer puts ``H&E`` into the attribute as it is; Java refuses that."""
+    bad = tmp_path / "unescaped.xml"
+    bad.write_text('<?xml version="1.0"?><ASAP_Annotations><Annotations Description="H&E"/></ASAP_Annotations>')
+    with pytest.raises(ValueError, match=r'The reference to entity "E" must end with the \';\' delimiter'):
+        java_asap(bad)
+
+
 def test_merge_detections():
     tiles = [{"detections": [[1, 2, 0.5], [3, 4, 0.9]]}, None, {"detections": [[3, 4, 0.9], [7, 8, 0.7]]}, {}]
     assert core.merge_detections(tiles) == [[3.0, 4.0, 0.9], [7.0, 8.0, 0.7], [1.0, 2.0, 0.5]]

@@ -190,6 +190,26 @@ def test_label_wsi_v2_gives_polygons_for_qupath_and_dsa(label_server, work):
 
 
 @needs_label
+def test_label_asap_answers_are_read_by_javas_documentbuilder(label_server, work, tmp_path, java_asap):
+    """The server's ASAP XML (a field, and a tiled TIFF) parsed as the QuPath extension parses it: Java's
+    ``DocumentBuilder``; one polygon per mitosis of ``detect``, around it."""
+    url, _ = label_server
+    stem = FIELDS[0]
+    ref = reference(work / "ref", stem)
+    (tmp_path / "field.xml").write_bytes(_post(f"{url}/infer/wsi_v2/{MODEL}?image={stem}&output=asap", {"wsi": "{}"}))
+    got = java_asap(tmp_path / "field.xml")
+    assert got.root == "ASAP_Annotations" and "H&E" in got.attrs["Description"]
+    assert len(got.annotations) == len(ref) and {a[0] for a in got.annotations} == {"mitosis"}
+    boxes = np.array([[*np.min(pts, axis=0), *np.max(pts, axis=0)] for *_, pts in got.annotations])
+    for x, y, _ in ref:  # each mitosis inside the bounding box of one polygon
+        inside = (boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3])
+        assert inside.any(), (x, y)
+    wsi = json.dumps({"level": 0, "tile_size": [512, 512], "max_workers": 1})
+    (tmp_path / "slide.xml").write_bytes(_post(f"{url}/infer/wsi_v2/{MODEL}?image=slide&output=asap", {"wsi": wsi}))
+    assert java_asap(tmp_path / "slide.xml").root == "ASAP_Annotations"
+
+
+@needs_label
 def test_label_wsi_tiles_on_a_cpu_server(label_server, work):
     """A tiled TIFF through /infer/wsi_v2 with tiles on a CPU-only server: no multi-GPU failure, one merged
     top-level ``detections`` list, parseable ASAP XML."""
