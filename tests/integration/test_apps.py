@@ -360,6 +360,72 @@ def test_label_server_labels_train_and_active_learning(tmp_path):
         assert res["uncertainty"] >= 0
 
 
+def _submit_labels(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts" / "submit_labels.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@needs_label
+def test_submit_labels_sends_a_qupath_point_export(label_server, work, tmp_path):
+    """``scripts/submit_labels.py`` (the route for mitoses marked as points, which the QuPath extension does not
+    send): a QuPath GeoJSON export (a plain list of features: points, a multipoint of mimics, an unclassified
+    region) is stored as the field's final label; bad files and an unknown image are refused, nothing stored."""
+    url, _ = label_server
+    stem, other = FIELDS[1], FIELDS[0]
+    final = work / "studies" / "labels" / "final"
+    ref = reference(work / "ref", stem)
+    features = [
+        {
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": "Mitotic figure", "color": [255, 0, 0]},
+            },
+        }
+        for x, y, _ in ref
+    ]
+    features.append(
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPoint", "coordinates": [[10.0, 20.0], [30.5, 40.5]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Non-mitotic figure"}},
+        }
+    )
+    features.append(
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [99, 0], [99, 99], [0, 0]]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+        }
+    )
+    export = tmp_path / f"{stem}.png.geojson"  # QuPath names an export after the image, extension included
+    export.write_text(json.dumps(features))
+
+    # refused, nothing stored: no mitosis/mimic class, not JSON, an image the server does not have
+    only_tumour = tmp_path / f"{other}.geojson"
+    only_tumour.write_text(json.dumps(features[-1:]))
+    r = _submit_labels(str(only_tumour), "--server", url)
+    assert r.returncode == 2 and "no shape classified as a mitosis or a mimic (Tumor: 1)" in r.stderr, r.stderr
+    (tmp_path / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    r = _submit_labels(str(tmp_path / "broken.geojson"), "--server", url, "--image", other)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: bad label file"), r.stderr
+    r = _submit_labels(str(export), "--server", url, "--image", "no_such_field")
+    assert r.returncode == 2 and "image 'no_such_field' is not in the server's datastore" in r.stderr, r.stderr
+    assert not list(final.glob(f"{other}.*")) and not list(final.glob(f"{stem}.*"))
+
+    r = _submit_labels(str(export), "--server", url)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(ref)} mitoses, 2 mimics (ignored: Tumor 1) submitted as the final label of image '{stem}'" in r.stdout
+    with urllib.request.urlopen(f"{url}/datastore/?output=all", timeout=30) as resp:
+        objects = json.loads(resp.read())["objects"]
+    assert objects[stem]["labels"].get("final") and not objects[other].get("labels", {}).get("final")
+    (stored,) = final.glob(f"{stem}.*")
+    assert stored.read_bytes() == export.read_bytes()
+
+
 # ---- MONAI Deploy -----------------------------------------------------------------------------------
 
 
