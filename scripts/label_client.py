@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -156,6 +157,8 @@ def label_server(
     Raises:
         FileNotFoundError: no ``monailabel`` in the environment (``make label-venv`` makes it).
         RuntimeError: the server exited or did not answer within ``start_timeout`` (the log's tail).
+
+    The server runs in a process group of its own, stopped whole on exit (train and scoring subprocesses too).
     """
     venv = label_venv(venv)
     exe = venv / "bin" / "monailabel"
@@ -174,7 +177,8 @@ def label_server(
     log_path = Path(log_path)
     url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # its own process group: the train and scoring tasks MONAI Label starts as subprocesses stop with it
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             deadline = time.monotonic() + start_timeout
             while True:
@@ -188,9 +192,19 @@ def label_server(
                     time.sleep(1)
             yield url, info
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (itself and the tasks it started), SIGKILL what is left after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
