@@ -3,8 +3,9 @@
 Marked ``integration`` (deselected by default; run ``pytest -m integration``). They need the two separate
 virtual environments of ``bundle/docs/README.md`` and skip without them: ``MSSN_LABEL_VENV`` (default
 ``.venvs/label`` in the checkout, made by ``make label-venv``: monailabel 0.8.5 + this package) and
-``MSSN_DEPLOY_VENV`` (default ``.venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes
-on 2 CPU cores.
+``MSSN_DEPLOY_VENV`` (default ``.venvs/deploy``, made by ``make deploy-venv``: monai-deploy-app-sdk 4.0.0 + this
+package); ``make test-integration`` builds both when missing. The ASAP checks with Java's ``DocumentBuilder``
+also need ``java`` 11+ on PATH (``tests/conftest.py``).
 """
 
 from __future__ import annotations
