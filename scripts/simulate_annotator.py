@@ -21,6 +21,8 @@ labelled fields, one curve per strategy; matplotlib when installed, else Pillow)
 
     python scripts/simulate_annotator.py --out runs/annotator                      # pale, 4 rounds of 2
     python scripts/simulate_annotator.py --out runs/annotator --plot_only          # redraw the PNG
+    # the kept versions scored again on 20 other fields of 1024x1024 (no retraining)
+    python scripts/simulate_annotator.py --out runs/annotator --rescore --test 20 --test_size 1024
     # the two strategies at once (each /train then shares the 2 cores with the other run's work):
     python scripts/simulate_annotator.py --out runs/annotator_u --strategies mitosis_uncertainty &
     python scripts/simulate_annotator.py --out runs/annotator_r --strategies random; wait
@@ -81,7 +83,7 @@ def _score(bundle: Path | None, test_datalist: Path) -> dict[str, Any]:
     from mssn_monai.evaluation import score_bundle
 
     s = score_bundle(str(bundle) if bundle else None, test_datalist, device="cpu")
-    return {k: s[k] for k in ("f1", "precision", "recall", "best_f1", "operating_threshold", "candidate_threshold")}
+    return {k: s[k] for k in SCORE_KEYS}
 
 
 def _run_strategy(
@@ -104,6 +106,7 @@ def _run_strategy(
     for image_id, rec in pool.items():
         shutil.copy(rec["image"], studies / f"{image_id}.png")
     result["rounds"] = [{"round": 0, "labelled": 0, "picked": [], **start}]
+    result["versions_dir"] = str(versions)
     conf = {"versions_dir": str(versions)}
     with label_server(studies, run / "server.log", conf) as (url, _):
         labelled: list[str] = []
@@ -148,6 +151,30 @@ def _run_strategy(
             print(json.dumps({"strategy": strategy, **row}), flush=True)
             save()
         result["datastore_labelled"] = sorted(k for k, v in datastore_images(url).items() if v.get("labels"))
+
+
+SCORE_KEYS = ("f1", "precision", "recall", "best_f1", "operating_threshold", "candidate_threshold")
+
+
+def rescore(results: dict[str, Any], out: Path, test: int, test_size: int, seed: int = 900) -> dict[str, Any]:
+    """Score the shipped bundle and every round's served version again on another test set (``test`` fields of
+    ``test_size``; no retraining: the versions are kept under each strategy's ``versions_dir``). The earlier
+    scores move to ``earlier_test`` (per round and for the test set)."""
+    root = out / f"test_{test}x{test_size}_seed{seed}"
+    records = _render(root, results["style"], test, test_size, seed)
+    datalist = root / "datalist.json"
+    earlier = {k: results.get(k) for k in ("test_fields", "test_mitoses", "test_size", "size")}
+    results.setdefault("earlier_test", earlier)
+    results.update(test_fields=len(records), test_mitoses=sum(len(r["mitoses"]) for r in records), test_size=test_size)
+    shipped = _score(ROOT / "bundle", datalist)
+    results["shipped"] = {**shipped, "earlier_test": {k: results["shipped"].get(k) for k in SCORE_KEYS}}
+    for strat in results["strategies"]:
+        versions = Path(strat.get("versions_dir") or out / strat["strategy"] / "versions")
+        for row in strat["rounds"]:
+            row["earlier_test"] = {k: row.get(k) for k in SCORE_KEYS}
+            row.update(_score(versions / row["version"], datalist) if row.get("version") else shipped)
+            print(json.dumps({"strategy": strat["strategy"], "round": row["round"], "f1": row["f1"]}), flush=True)
+    return results
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
@@ -225,6 +252,7 @@ def main(
     pool: int = 12,
     test: int = 20,
     size: int = 1024,
+    test_size: int | None = None,
     rounds: int = 4,
     per_round: int = 2,
     epochs: int = 2,
@@ -233,6 +261,7 @@ def main(
     mimics=True,
     plot_only=False,
     merge: str | tuple[str, ...] | None = None,
+    rescore=False,
 ) -> None:
     """Run the simulation; see the module docstring.
 
@@ -241,7 +270,7 @@ def main(
         style: the look of the pool and the test fields (``synth --style``; the shipped weights know
             ``default`` only).
         pool: generated fields the strategies pick from; test: other fields F1 is measured on; size: their
-            width and height in pixels.
+            width and height in pixels (``test_size``: of the test fields, default ``size``).
         rounds, per_round: rounds of picking, labelling and training; fields labelled per round.
         epochs, samples_per_epoch: the ``/train`` request (fine-tuning epochs of ``adapt``; 0 = reference
             bank and calibration only).
@@ -250,6 +279,8 @@ def main(
         plot_only: redraw the PNG from ``OUT/simulate_annotator.json``.
         merge: JSON files of runs with one strategy each (same pool and test set, e.g. run in parallel):
             combined into ``OUT/simulate_annotator.json`` and drawn.
+        rescore: score the kept versions of ``OUT/simulate_annotator.json`` again on ``test`` new fields of
+            ``test_size`` (:func:`rescore`), then draw.
     """
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
@@ -260,6 +291,10 @@ def main(
         merged = {**runs[0], "strategies": [s for r in runs for s in r["strategies"]], "merged_from": sources}
         json_path.write_text(json.dumps(merged, indent=1) + "\n")
         plot_only = True
+    if as_flag(rescore, "rescore"):
+        results = rescore(json.loads(json_path.read_text()), out_p, int(test), int(test_size or size))
+        json_path.write_text(json.dumps(results, indent=1) + "\n")
+        plot_only = True
     if as_flag(plot_only, "plot_only"):
         print(plot(json.loads(json_path.read_text()), png_path))
         return
@@ -267,7 +302,7 @@ def main(
     from mssn_monai.data.datalist import write_datalist
 
     pool_records = _render(out_p / "pool", style, pool, size, 700)
-    test_records = _render(out_p / "test", style, test, size, 800)
+    test_records = _render(out_p / "test", style, test, int(test_size or size), 800)
     test_dl = out_p / "test" / "datalist.json"
     write_datalist({"training": [], "validation": [], "testing": test_records}, test_dl)
     pool_by_id = {Path(r["image"]).stem: r for r in pool_records}
@@ -281,6 +316,7 @@ def main(
         "test_fields": len(test_records),
         "test_mitoses": sum(len(r["mitoses"]) for r in test_records),
         "size": size,
+        "test_size": int(test_size or size),
         "train_params": params,
         "mimics_labelled": as_flag(mimics, "mimics"),
         "shipped": {**start, "seconds": round(time.monotonic() - t0, 1)},
