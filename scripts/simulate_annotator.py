@@ -156,7 +156,7 @@ def _run_strategy(
 SCORE_KEYS = ("f1", "precision", "recall", "best_f1", "operating_threshold", "candidate_threshold")
 
 
-def rescore(results: dict[str, Any], out: Path, test: int, test_size: int, seed: int = 900) -> dict[str, Any]:
+def rescore_versions(results: dict[str, Any], out: Path, test: int, test_size: int, seed: int = 900) -> dict[str, Any]:
     """Score the shipped bundle and every round's served version again on another test set (``test`` fields of
     ``test_size``; no retraining: the versions are kept under each strategy's ``versions_dir``). The earlier
     scores move to ``earlier_test`` (per round and for the test set)."""
@@ -280,7 +280,7 @@ def main(
         merge: JSON files of runs with one strategy each (same pool and test set, e.g. run in parallel):
             combined into ``OUT/simulate_annotator.json`` and drawn.
         rescore: score the kept versions of ``OUT/simulate_annotator.json`` again on ``test`` new fields of
-            ``test_size`` (:func:`rescore`), then draw.
+            ``test_size`` (:func:`rescore_versions`), then draw.
     """
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,7 @@ def main(
         json_path.write_text(json.dumps(merged, indent=1) + "\n")
         plot_only = True
     if as_flag(rescore, "rescore"):
-        results = rescore(json.loads(json_path.read_text()), out_p, int(test), int(test_size or size))
+        results = rescore_versions(json.loads(json_path.read_text()), out_p, int(test), int(test_size or size))
         json_path.write_text(json.dumps(results, indent=1) + "\n")
         plot_only = True
     if as_flag(plot_only, "plot_only"):

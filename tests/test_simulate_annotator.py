@@ -49,3 +49,28 @@ def test_plot_and_merge(tmp_path):
     assert [s["strategy"] for s in merged["strategies"]] == ["u", "r"]
     with Image.open(tmp_path / "both" / "simulate_annotator.png") as im:
         assert im.format == "PNG" and im.size[0] >= 600
+
+
+def test_rescore_scores_each_rounds_served_version_again(tmp_path, monkeypatch):
+    seen = []
+
+    def fake_score(bundle, datalist):
+        seen.append(Path(bundle).name)
+        return dict.fromkeys(sim.SCORE_KEYS, 0.5 if Path(bundle).name == "bundle" else 0.9)
+
+    monkeypatch.setattr(sim, "_score", fake_score)
+    monkeypatch.setattr(sim, "_render", lambda root, style, n, size, seed: [{"mitoses": [[1, 2]]}] * n)
+    rows = [
+        {"round": 0, "f1": 0.1},
+        {"round": 1, "f1": 0.2, "version": "v0001"},
+        {"round": 2, "f1": 0.2, "version": "v0001"},
+    ]
+    results = {"style": "pale", "test_fields": 2, "test_mitoses": 1, "shipped": {"f1": 0.1}}
+    results["strategies"] = [{"strategy": "random", "versions_dir": str(tmp_path / "v"), "rounds": rows}]
+    out = sim.rescore_versions(results, tmp_path, test=3, test_size=64)
+    assert seen == ["bundle", "v0001", "v0001"]  # round 0 is the shipped bundle; a failed round keeps its version
+    assert [r["f1"] for r in out["strategies"][0]["rounds"]] == [0.5, 0.9, 0.9]
+    assert (
+        out["strategies"][0]["rounds"][1]["earlier_test"]["f1"] == 0.2 and out["shipped"]["earlier_test"]["f1"] == 0.1
+    )
+    assert (out["test_fields"], out["test_mitoses"], out["earlier_test"]["test_fields"]) == (3, 3, 2)
