@@ -183,9 +183,11 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         s["strategy"]: [(row["labelled"], row["f1"]) for row in s["rounds"] if row.get("f1") is not None]
         for s in results["strategies"]
     }
+    side = results.get("test_size") or results.get("size")
     title = (
-        f"simulated annotator, look '{results['style']}': F1 on {results['test_fields']} test fields "
-        f"({results['test_mitoses']} mitoses)"
+        f"simulated annotator, look '{results['style']}': F1 on {results['test_fields']} test fields"
+        + (f" of {side}x{side}" if side else "")
+        + f" ({results['test_mitoses']} mitoses)"
     )
     try:
         import matplotlib
@@ -229,7 +231,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     gy = xy(0, 0.85)[1]
     for x0 in range(left, w - right, 10):
         d.line([x0, gy, min(x0 + 5, w - right), gy], fill=(150, 150, 150))
-    d.text((w - right - 70, gy - 14), "goal 0.85", fill=(120, 120, 120))
+    d.text((left + 6, gy + 3), "goal 0.85", fill=(120, 120, 120))
     for i, (name, pts) in enumerate(series.items()):
         color = COLORS.get(name, (0, 0, 0))
         coords = [xy(x, y) for x, y in pts]

@@ -214,3 +214,19 @@ def test_region_is_read_with_context_and_cut_back(tmp_path):
     whole = t.LoadFieldd()({"image": str(tmp_path / "f.png")})
     assert "context" not in whole and whole["location"] == [0, 0] and tuple(whole["image"].shape) == (3, 300, 400)
     assert t.ToRegiond()(dict(whole)) == whole  # no region: unchanged
+
+
+def test_an_ellipse_from_the_qupath_extension_counts_at_its_centre(tmp_path):
+    """The extension's Submit Label sends an ellipse as ``Type="Ellipse"`` with QuPath's 4 points of
+    ``EllipseROI.getAllPoints`` (top, right, bottom, left of its box, truncated to int): the documented
+    alternative to points, which it skips."""
+    xml = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<ASAP_Annotations><Annotations Description="" H="0" Name="" W="0" X="0" Y="0">
+<Annotation Color="#ff0000" Name="Mitotic figure" PartOfGroup="Mitotic figure" Type="Ellipse"><Coordinates>
+<Coordinate Order="0" X="110" Y="200"/><Coordinate Order="1" X="118" Y="208"/>
+<Coordinate Order="2" X="110" Y="216"/><Coordinate Order="3" X="102" Y="208"/></Coordinates></Annotation>
+</Annotations><AnnotationGroups><Group Color="#ff0000" Name="Mitotic figure" PartOfGroup="None"/></AnnotationGroups>
+</ASAP_Annotations>"""
+    (tmp_path / "label.xml").write_text(xml)
+    labels = core.check_label_file(tmp_path / "label.xml")
+    assert labels.mitoses.tolist() == [[110.0, 208.0]] and len(labels.mimics) == 0
