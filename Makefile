@@ -10,8 +10,8 @@ STAMP := $(VENV)/.installed
 # the interpreter of the sharing venvs (empty: the one .venv was made from)
 SHARE_PYTHON ?=
 
-.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv label-server test-integration \
-	test-bundle-share
+.PHONY: install demo test test-slow test-all lint format clean check-integrations label-venv deploy-venv label-server \
+	test-integration test-bundle-share
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +55,7 @@ format: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo_out
 
-## MONAI Label and MONAI Deploy against `detect` (needs .venvs/label from `make label-venv` and .venvs/deploy,
+## MONAI Label and MONAI Deploy against `detect` (needs .venvs/label from `make label-venv` and .venvs/deploy from `make deploy-venv`,
 ## or MSSN_LABEL_VENV / MSSN_DEPLOY_VENV; see bundle/docs/README.md)
 check-integrations: $(STAMP)
 	bash scripts/check_integrations.sh
@@ -81,10 +81,30 @@ $(LABEL_STAMP): apps/monailabel/requirements.txt constraints.txt pyproject.toml 
 
 label-venv: $(LABEL_STAMP)
 
+## MONAI Deploy App SDK 4.0.0 in its own virtual environment (MSSN_DEPLOY_VENV, default .venvs/deploy), made once:
+## torch pinned by constraints.txt (the CPU build where pip finds it), apps/deploy/requirements.txt (the SDK, which
+## brings holoscan; pydicom>=3 and highdicom, imported by the SDK but not declared), this package with --no-deps.
+MSSN_DEPLOY_VENV ?= .venvs/deploy
+DEPLOY_PY := $(MSSN_DEPLOY_VENV)/bin/python
+DEPLOY_STAMP := $(MSSN_DEPLOY_VENV)/.installed
+
+$(DEPLOY_STAMP): apps/deploy/requirements.txt constraints.txt pyproject.toml
+	test -x $(DEPLOY_PY) || $(PYTHON) -m venv $(MSSN_DEPLOY_VENV)
+	$(DEPLOY_PY) -m pip install --quiet --upgrade pip
+	$(DEPLOY_PY) -m pip install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
+	$(DEPLOY_PY) -m pip install --quiet -c $(CONSTRAINTS) -r apps/deploy/requirements.txt
+	$(DEPLOY_PY) -m pip install --quiet --no-deps -e .
+	$(DEPLOY_PY) -c "import monai.deploy, highdicom, pydicom, mssn_monai; from monai.deploy.operators import MonaiBundleInferenceOperator; from importlib.metadata import version; print('monai-deploy-app-sdk', version('monai-deploy-app-sdk'))"
+	touch $(DEPLOY_STAMP)
+
+deploy-venv: $(DEPLOY_STAMP)
+
 ## a real MONAI Label server on the app: info, labels in, /train, /infer (json, dsa, asap, a tiled TIFF),
-## active learning; builds $(MSSN_LABEL_VENV) first when missing (the Deploy tests skip without .venvs/deploy)
-test-integration: $(STAMP) $(LABEL_STAMP)
-	MSSN_LABEL_VENV=$(abspath $(MSSN_LABEL_VENV)) $(PY) -m pytest -q -m integration tests/integration
+## active learning, a QuPath GeoJSON through scripts/submit_labels.py; and the MONAI Deploy app on two fields;
+## builds $(MSSN_LABEL_VENV) and $(MSSN_DEPLOY_VENV) first when missing
+test-integration: $(STAMP) $(LABEL_STAMP) $(DEPLOY_STAMP)
+	MSSN_LABEL_VENV=$(abspath $(MSSN_LABEL_VENV)) MSSN_DEPLOY_VENV=$(abspath $(MSSN_DEPLOY_VENV)) \
+	  $(PY) -m pytest -q -m integration tests/integration
 
 ## the MONAI Label server for apps/monailabel, in the foreground: make label-server STUDIES=DIR [PORT=8000]
 ## (builds $(MSSN_LABEL_VENV) first when it has no monailabel; Ctrl-C stops it)

@@ -148,6 +148,38 @@ def test_asap_xml_is_escaped_and_parses():
     assert [g.get("Name") for g in root.iter("Group")] == ["mitosis"]
 
 
+def test_asap_xml_is_read_by_javas_documentbuilder(tmp_path, java_asap):
+    """What the QuPath extension does with an answer: Java's ``DocumentBuilder`` parses the file the app writes
+    (``&``, ``<``, ``>``, both quotes and a non-ASCII character in the description and a group name)."""
+    description = 'Two-stage detection in H&E fields <"research" only> it\'s 0.25 \u00b5m/px'
+    res = {
+        "name": "MONAILabel Annotations - mssn <1>",
+        "description": description,
+        "model": "mssn_mitosis",
+        "location": [5, 6],
+        "size": [7, 8],
+        "annotations": [_tile([0, 200, 0], [[1, 2], [3, 4], [5, 6]]), _tile("#00c800", [[9.5, 9], [9, 10], [10, 10]])],
+    }
+    res["annotations"][1]["annotation"]["elements"][0]["label"] = "mitosis & <mimic>"
+    path, n = core.write_asap_xml(res, tmp_path / "answer.xml")
+    got = java_asap(path)
+    assert got.root == "ASAP_Annotations" and n == 2
+    assert got.attrs["Description"] == description and got.attrs["Name"] == res["name"]
+    assert (got.attrs["X"], got.attrs["Y"], got.attrs["W"], got.attrs["H"]) == ("5", "6", "7", "8")
+    assert got.annotations == [
+        ("mitosis", "Polygon", "mitosis", [(1.0, 2.0), (3.0, 4.0), (5.0, 6.0)]),
+        ("mitosis & <mimic>", "Polygon", "mitosis & <mimic>", [(9.5, 9.0), (9.0, 10.0), (10.0, 10.0)]),
+    ]
+
+
+def test_java_documentbuilder_refuses_an_unescaped_description(tmp_path, java_asap):
+    """The control: MONAI Label's own ASAP writer puts ``H&E`` into the attribute as it is; Java refuses that."""
+    bad = tmp_path / "unescaped.xml"
+    bad.write_text('<?xml version="1.0"?><ASAP_Annotations><Annotations Description="H&E"/></ASAP_Annotations>')
+    with pytest.raises(ValueError, match=r'The reference to entity "E" must end with the \';\' delimiter'):
+        java_asap(bad)
+
+
 def test_merge_detections():
     tiles = [{"detections": [[1, 2, 0.5], [3, 4, 0.9]]}, None, {"detections": [[3, 4, 0.9], [7, 8, 0.7]]}, {}]
     assert core.merge_detections(tiles) == [[3.0, 4.0, 0.9], [7.0, 8.0, 0.7], [1.0, 2.0, 0.5]]
@@ -182,3 +214,19 @@ def test_region_is_read_with_context_and_cut_back(tmp_path):
     whole = t.LoadFieldd()({"image": str(tmp_path / "f.png")})
     assert "context" not in whole and whole["location"] == [0, 0] and tuple(whole["image"].shape) == (3, 300, 400)
     assert t.ToRegiond()(dict(whole)) == whole  # no region: unchanged
+
+
+def test_an_ellipse_from_the_qupath_extension_counts_at_its_centre(tmp_path):
+    """The extension's Submit Label sends an ellipse as ``Type="Ellipse"`` with QuPath's 4 points of
+    ``EllipseROI.getAllPoints`` (top, right, bottom, left of its box, truncated to int): the documented
+    alternative to points, which it skips."""
+    xml = """<?xml version="1.0" encoding="UTF-8" standalone="no"?>
+<ASAP_Annotations><Annotations Description="" H="0" Name="" W="0" X="0" Y="0">
+<Annotation Color="#ff0000" Name="Mitotic figure" PartOfGroup="Mitotic figure" Type="Ellipse"><Coordinates>
+<Coordinate Order="0" X="110" Y="200"/><Coordinate Order="1" X="118" Y="208"/>
+<Coordinate Order="2" X="110" Y="216"/><Coordinate Order="3" X="102" Y="208"/></Coordinates></Annotation>
+</Annotations><AnnotationGroups><Group Color="#ff0000" Name="Mitotic figure" PartOfGroup="None"/></AnnotationGroups>
+</ASAP_Annotations>"""
+    (tmp_path / "label.xml").write_text(xml)
+    labels = core.check_label_file(tmp_path / "label.xml")
+    assert labels.mitoses.tolist() == [[110.0, 208.0]] and len(labels.mimics) == 0

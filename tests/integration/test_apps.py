@@ -3,8 +3,9 @@
 Marked ``integration`` (deselected by default; run ``pytest -m integration``). They need the two separate
 virtual environments of ``bundle/docs/README.md`` and skip without them: ``MSSN_LABEL_VENV`` (default
 ``.venvs/label`` in the checkout, made by ``make label-venv``: monailabel 0.8.5 + this package) and
-``MSSN_DEPLOY_VENV`` (default ``.venvs/deploy``: monai-deploy-app-sdk 4.0.0 + this package). About 2 minutes
-on 2 CPU cores.
+``MSSN_DEPLOY_VENV`` (default ``.venvs/deploy``, made by ``make deploy-venv``: monai-deploy-app-sdk 4.0.0 + this
+package); ``make test-integration`` builds both when missing. The ASAP checks with Java's ``DocumentBuilder``
+also need ``java`` 11+ on PATH (``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -190,6 +191,26 @@ def test_label_wsi_v2_gives_polygons_for_qupath_and_dsa(label_server, work):
 
 
 @needs_label
+def test_label_asap_answers_are_read_by_javas_documentbuilder(label_server, work, tmp_path, java_asap):
+    """The server's ASAP XML (a field, and a tiled TIFF) parsed as the QuPath extension parses it: Java's
+    ``DocumentBuilder``; one polygon per mitosis of ``detect``, around it."""
+    url, _ = label_server
+    stem = FIELDS[0]
+    ref = reference(work / "ref", stem)
+    (tmp_path / "field.xml").write_bytes(_post(f"{url}/infer/wsi_v2/{MODEL}?image={stem}&output=asap", {"wsi": "{}"}))
+    got = java_asap(tmp_path / "field.xml")
+    assert got.root == "ASAP_Annotations" and "H&E" in got.attrs["Description"]
+    assert len(got.annotations) == len(ref) and {a[0] for a in got.annotations} == {"mitosis"}
+    boxes = np.array([[*np.min(pts, axis=0), *np.max(pts, axis=0)] for *_, pts in got.annotations])
+    for x, y, _ in ref:  # each mitosis inside the bounding box of one polygon
+        inside = (boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3])
+        assert inside.any(), (x, y)
+    wsi = json.dumps({"level": 0, "tile_size": [512, 512], "max_workers": 1})
+    (tmp_path / "slide.xml").write_bytes(_post(f"{url}/infer/wsi_v2/{MODEL}?image=slide&output=asap", {"wsi": wsi}))
+    assert java_asap(tmp_path / "slide.xml").root == "ASAP_Annotations"
+
+
+@needs_label
 def test_label_wsi_tiles_on_a_cpu_server(label_server, work):
     """A tiled TIFF through /infer/wsi_v2 with tiles on a CPU-only server: no multi-GPU failure, one merged
     top-level ``detections`` list, parseable ASAP XML."""
@@ -338,6 +359,72 @@ def test_label_server_labels_train_and_active_learning(tmp_path):
         res = json.loads(_post(f"{url}/activelearning/mitosis_uncertainty"))
         assert res["id"] == "c", res
         assert res["uncertainty"] >= 0
+
+
+def _submit_labels(*args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "scripts" / "submit_labels.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@needs_label
+def test_submit_labels_sends_a_qupath_point_export(label_server, work, tmp_path):
+    """``scripts/submit_labels.py`` (the route for mitoses marked as points, which the QuPath extension does not
+    send): a QuPath GeoJSON export (a plain list of features: points, a multipoint of mimics, an unclassified
+    region) is stored as the field's final label; bad files and an unknown image are refused, nothing stored."""
+    url, _ = label_server
+    stem, other = FIELDS[1], FIELDS[0]
+    final = work / "studies" / "labels" / "final"
+    ref = reference(work / "ref", stem)
+    features = [
+        {
+            "type": "Feature",
+            "id": str(uuid.uuid4()),
+            "geometry": {"type": "Point", "coordinates": [float(x), float(y)]},
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": "Mitotic figure", "color": [255, 0, 0]},
+            },
+        }
+        for x, y, _ in ref
+    ]
+    features.append(
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPoint", "coordinates": [[10.0, 20.0], [30.5, 40.5]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Non-mitotic figure"}},
+        }
+    )
+    features.append(
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [99, 0], [99, 99], [0, 0]]]},
+            "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+        }
+    )
+    export = tmp_path / f"{stem}.png.geojson"  # QuPath names an export after the image, extension included
+    export.write_text(json.dumps(features))
+
+    # refused, nothing stored: no mitosis/mimic class, not JSON, an image the server does not have
+    only_tumour = tmp_path / f"{other}.geojson"
+    only_tumour.write_text(json.dumps(features[-1:]))
+    r = _submit_labels(str(only_tumour), "--server", url)
+    assert r.returncode == 2 and "no shape classified as a mitosis or a mimic (Tumor: 1)" in r.stderr, r.stderr
+    (tmp_path / "broken.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    r = _submit_labels(str(tmp_path / "broken.geojson"), "--server", url, "--image", other)
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1 and errors[0].startswith("error: bad label file"), r.stderr
+    r = _submit_labels(str(export), "--server", url, "--image", "no_such_field")
+    assert r.returncode == 2 and "image 'no_such_field' is not in the server's datastore" in r.stderr, r.stderr
+    assert not list(final.glob(f"{other}.*")) and not list(final.glob(f"{stem}.*"))
+
+    r = _submit_labels(str(export), "--server", url)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(ref)} mitoses, 2 mimics (ignored: Tumor 1) submitted as the final label of image '{stem}'" in r.stdout
+    with urllib.request.urlopen(f"{url}/datastore/?output=all", timeout=30) as resp:
+        objects = json.loads(resp.read())["objects"]
+    assert objects[stem]["labels"].get("final") and not objects[other].get("labels", {}).get("final")
+    (stored,) = final.glob(f"{stem}.*")
+    assert stored.read_bytes() == export.read_bytes()
 
 
 # ---- MONAI Deploy -----------------------------------------------------------------------------------
