@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
+import tifffile
 
 from mssn_monai.data.slides import open_slide
 from mssn_monai.data.synthetic_slide import generate_slide, write_pyramid
@@ -95,9 +96,16 @@ def test_slide_end_to_end_resume_and_report(tiny_slide, tmp_path, capsys):
     csv_a = np.loadtxt(tmp_path / "a" / "tiny.csv", delimiter=",", ndmin=2)
     csv_b = np.loadtxt(tmp_path / "b" / "tiny.csv", delimiter=",", ndmin=2)
     np.testing.assert_array_equal(csv_a, csv_b)
-    # level-0 coordinates: the detections find the planted mitoses (synthetic weights, synthetic slide)
-    m = match_points(tiny_slide.mitoses, csv_a[:, :2], radius=8.0 / tiny_slide.spacing)
-    assert len(m.gt_idx) >= 0.6 * len(tiny_slide.mitoses) > 0 and len(m.det_idx) >= 0.75 * len(csv_a)
+    # level-0 coordinates: the slide path finds every planted mitosis that `detect` finds on the same
+    # pixels read as one field (stain statistics from the whole field there, from tissue tiles here),
+    # and its detections are mostly right (synthetic weights, synthetic slide)
+    radius = 8.0 / tiny_slide.spacing
+    level0 = tifffile.TiffFile(tiny_slide.path).series[0].levels[0].asarray()
+    whole = fields(level0, tiny_slide.spacing)["detections"]
+    m = match_points(tiny_slide.mitoses, csv_a[:, :2], radius=radius)
+    m_whole = match_points(tiny_slide.mitoses, whole[:, :2], radius=radius)
+    assert len(m_whole.gt_idx) > 0 and set(m.gt_idx.tolist()) >= set(m_whole.gt_idx.tolist())
+    assert len(m.det_idx) >= 0.75 * len(csv_a)
     # the hotspot lies in the hot island and its count is the exact optimum of the detections
     hot = a["hotspot"]
     x0, y0, x1, y1 = tiny_slide.islands[tiny_slide.hot]
