@@ -93,31 +93,42 @@ def test_most_uncertain():
     assert core.most_uncertain({"b": 2.0, "a": 2.0}) == "a"
 
 
+class _FakeFPR:
+    def __init__(self, slope):
+        self.calibration = np.array([slope, 0.0])
+
+
 class _FakeDetector:
-    def __init__(self, threshold):
+    def __init__(self, threshold, slope=4.0):
         self.threshold = threshold
+        self.fpr = _FakeFPR(slope)
 
     def operating_threshold(self):
         return self.threshold
 
 
 class _FakeFields:
-    def __init__(self, probability, voted, threshold=0.5):
+    def __init__(self, probability, voted, threshold=0.5, slope=4.0):
         self.out = {"probability": np.asarray(probability, float), "voted": np.asarray(voted, bool)}
-        self.detector = _FakeDetector(threshold)
+        self.detector = _FakeDetector(threshold, slope)
 
     def __call__(self, image, spacing):
         return self.out
 
 
-def test_field_uncertainty_counts_voted_candidates_near_the_threshold_per_mm2():
+def test_field_uncertainty_counts_candidates_near_the_threshold_per_mm2_in_vote_units():
     image = np.zeros((1000, 1000, 3), np.uint8)  # 1 mm2 at 1 um/px
     res = core.field_uncertainty(_FakeFields([0.5, 0.5, 0.999999, 0.5], [True, True, True, False]), image, 1.0)
-    assert res["candidates"] == 3 and res["area_mm2"] == pytest.approx(1.0)
-    assert res["value"] == pytest.approx(2.0, abs=1e-3)  # two at the threshold, one sure, one not voted
+    assert res["candidates"] == 4 and res["area_mm2"] == pytest.approx(1.0)
+    assert res["value"] == pytest.approx(3.0, abs=1e-3)  # three at the threshold (voted or not), one sure
     half = core.field_uncertainty(_FakeFields([0.5], [True]), np.zeros((1000, 2000, 3), np.uint8), 1.0)
     assert half["value"] == pytest.approx(0.5)
     assert core.field_uncertainty(_FakeFields([], [], threshold=0.0), image, 1.0)["value"] == 0.0
+    # one vote width (0.25) from the threshold counts 1/e whatever the calibration's slope
+    for slope in (4.0, 40.0):
+        p = 1.0 / (1.0 + np.exp(-slope * core.VOTE_WIDTH))  # logit(p) = slope * 0.25, threshold 0.5
+        got = core.field_uncertainty(_FakeFields([p], [True], slope=slope), image, 1.0)["value"]
+        assert got == pytest.approx(1.0 / np.e)
 
 
 def _tile(color, contour):

@@ -10,9 +10,10 @@ without the label environment; the MONAI Label classes in ``lib.datastore``, ``l
 * **Versions**: every training run writes a whole bundle ``v0001``, ``v0002``, ... under the versions
   folder (:func:`next_version_dir`); :func:`newest_bundle` is what ``/infer`` serves (the configured bundle
   while there is none). Older versions are kept.
-* **Uncertainty**: :func:`field_uncertainty` runs the detector on a field and scores its voted candidates'
-  calibrated probabilities against the operating threshold with
-  :func:`mssn_monai.metrics.detection_uncertainty` (per mm²).
+* **Uncertainty**: :func:`field_uncertainty` runs the detector on a field and scores every candidate's
+  calibrated probability against the operating threshold with
+  :func:`mssn_monai.metrics.detection_uncertainty` (per mm²), the distance measured in units of the
+  vote (:data:`VOTE_WIDTH`), so a steep calibration after training does not make every field look sure.
 """
 
 from __future__ import annotations
@@ -128,30 +129,43 @@ def next_version_dir(root: str | os.PathLike) -> Path:
 # ---------------------------------------------------------------- uncertainty
 
 
-def field_uncertainty(fields: Any, image: np.ndarray, spacing: float, width: float = 1.0) -> dict[str, float]:
+VOTE_WIDTH = 0.25
+"""Distance from the operating point, in units of the vote (mean ``C1 - C0``, in ``[-1, 1]``), at which a
+candidate counts ``1/e`` in :func:`field_uncertainty`."""
+
+
+def field_uncertainty(
+    fields: Any, image: np.ndarray, spacing: float, vote_width: float = VOTE_WIDTH
+) -> dict[str, float]:
     """The detector's uncertainty on one field, per mm² (:func:`mssn_monai.metrics.detection_uncertainty`).
+
+    Every stage-1 candidate counts, voted or not (one just below the vote's boundary is as unsure as one
+    just above). The distance to the operating threshold is taken on the logit scale divided by the
+    calibration's slope ``a`` (``p = sigmoid(a * votes + b)``), i.e. in units of the vote: training
+    makes the calibration steeper (``a`` from about 10 to 100), which on the plain logit scale made every
+    field's score collapse towards 0 and the choice between fields arbitrary.
 
     Args:
         fields: the bundle's :class:`~mssn_monai.networks.detector.FieldDetector`.
         image: ``(H, W, 3)`` uint8 field.
         spacing: its pixel spacing in um/px.
-        width: logit distance at which a candidate counts ``1/e``.
+        vote_width: vote distance at which a candidate counts ``1/e``.
 
     Returns:
-        ``{"value": uncertainty per mm², "candidates": voted candidates, "threshold": operating threshold,
-        "area_mm2": field area}``.
+        ``{"value": uncertainty per mm², "candidates": stage-1 candidates, "threshold": operating
+        threshold, "area_mm2": field area}``.
     """
     from mssn_monai.keys import DetectionKeys
     from mssn_monai.metrics import detection_uncertainty, image_area_mm2
 
     out = fields(image, float(spacing))
-    voted = np.asarray(out[DetectionKeys.VOTED], dtype=bool)
-    probability = np.asarray(out[DetectionKeys.PROBABILITY], dtype=np.float64)[voted]
+    probability = np.asarray(out[DetectionKeys.PROBABILITY], dtype=np.float64).reshape(-1)
     threshold = float(fields.detector.operating_threshold())
     threshold = min(max(threshold, 1e-3), 1.0 - 1e-3)  # an uncalibrated model stores 0
+    slope = abs(float(fields.detector.fpr.calibration[0]))
     area = image_area_mm2(int(image.shape[1]), int(image.shape[0]), float(spacing))
-    value = detection_uncertainty(probability, threshold, area, width)
-    return {"value": value, "candidates": int(voted.sum()), "threshold": threshold, "area_mm2": area}
+    value = detection_uncertainty(probability, threshold, area, width=max(slope, 1e-6) * float(vote_width))
+    return {"value": value, "candidates": int(probability.size), "threshold": threshold, "area_mm2": area}
 
 
 def most_uncertain(scores: Mapping[str, float]) -> str | None:
