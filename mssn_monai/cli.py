@@ -285,38 +285,78 @@ def slide(
 
 
 def benchmark(
-    device: str | None = "cpu",
+    suite: str = "headline",
     json: str | None = None,  # noqa: A002 - the public flag is --json
-    repeats: int = 3,
+    device: str | None = None,
+    repeats: int | None = None,
     threads: int | None = None,
     bundle: str | None = None,
-    region: bool = True,
+    region: bool | None = None,
+    sizes: str | tuple | None = None,
+    tiles: str | tuple | None = None,
+    formats: str | tuple | None = None,
+    scripted: bool | None = None,
+    out: str | None = None,
 ) -> None:
-    """Speed of the detector as users run it: a table and, with ``--json``, a JSON file.
+    """Speed numbers in one place: a suite's table and, with ``--json``, its numbers as a JSON file.
 
-    ``field_seconds`` (both stages, one 2084x2084 field), ``naive_ratio`` (patch-by-patch FNR,
-    extrapolated, over the dense FNR), ``floor_ratio`` (time over FLOPs / measured matmul throughput),
-    ``region_seconds`` and ``peak_rss_mb`` (6000x5000, tiled path, own process), ``slide_mm2_per_s``
-    (a generated pyramidal slide through ``slide``), ``device``; after a warm-up, medians of
-    ``--repeats`` (see ``mssn_monai/benchmark.py``).
+    Suites (``mssn_monai/benchmark/``; after one warm-up, medians of ``--repeats``):
+
+    - ``headline`` (default): ``field_seconds`` (both stages, one 2084x2084 field), ``naive_ratio``
+      (patch-by-patch FNR, extrapolated, over the dense FNR), ``floor_ratio`` (time over FLOPs / measured
+      matmul throughput), ``region_seconds`` and ``peak_rss_mb`` (6000x5000, tiled path, own process),
+      ``slide_mm2_per_s`` (a generated pyramidal slide through ``slide``), ``device``.
+    - ``fnr``: GFLOPs and parameters per FNR part, seconds per field (``--sizes``, default 2084).
+    - ``detector``: the whole detector per region, tile and mode, each in its own process with its peak
+      memory (``--sizes``, default 1024x1024,2084x2084,6000x5000; ``--tiles``, default 1024,2048;
+      ``--scripted`` adds TorchScript).
+    - ``memory``: peak memory of ``detect`` end to end per size and format (``--sizes``, default
+      2048,4096,8192; ``--formats``, default png,tif; images kept under ``--out`` when given).
+    - ``data``: the synthetic generator and the classical baseline (``--sizes``, default 512,1024,2084;
+      ``--repeats`` default 5).
+
+    An option a suite does not take is refused (exit 2) before anything runs.
 
     Typical usage::
 
         python -m mssn_monai benchmark --device cpu --json runs/benchmark.json
+        python -m mssn_monai benchmark --suite detector --sizes 6000x5000 --tiles 1024 --threads 2
+        python -m mssn_monai benchmark --suite memory --sizes 16384,40000x30000 --formats tif --out runs/memory
 
     Args:
-        device: ``cpu`` or ``cuda``.
+        suite: ``headline``, ``fnr``, ``detector``, ``memory`` or ``data``.
         json: write the numbers here as JSON.
-        repeats: timed runs per measurement (median).
-        threads: torch CPU threads (default: torch's).
-        bundle: the bundle folder (default: this checkout's ``bundle``).
-        region: also run the 6000x5000 region in its own process (about a minute on 2 cores).
+        device: ``cpu`` (default) or ``cuda`` (every suite but ``data``).
+        repeats: timed runs per measurement, the median is reported (default 3; 5 for ``data``).
+        threads: torch CPU threads; ``OMP_NUM_THREADS`` of child processes (default: torch's).
+        bundle: the bundle folder (default: this checkout's ``bundle``; headline, detector, memory).
+        region: headline: also run the 6000x5000 region in its own process (default true; about a
+            minute on 2 cores).
+        sizes: comma-separated field sizes, ``2048`` (square) or ``WIDTHxHEIGHT``, at least 64 px.
+        tiles: detector: comma-separated FNR tile sizes in pixels.
+        formats: memory: ``png``, ``tif`` or ``png,tif``.
+        scripted: detector: also time the TorchScript detector.
+        out: memory: keep the generated images here and reuse them (default: a temporary folder).
     """
-    from mssn_monai.benchmark import format_benchmark, run_benchmark
+    from mssn_monai.benchmark import format_suite, resolve_options, run_suite
 
-    dev = _device(device)
-    results = run_benchmark(str(dev), repeats=repeats, threads=threads, bundle=bundle, region=region)
-    print(format_benchmark(results))
+    options = resolve_options(
+        suite,
+        device=device,
+        repeats=repeats,
+        threads=threads,
+        bundle=bundle,
+        region=region,
+        sizes=sizes,
+        tiles=tiles,
+        formats=formats,
+        scripted=scripted,
+        out=out,
+    )
+    if "device" in options:
+        options["device"] = str(_device(options["device"]))
+    results = run_suite(suite, options)
+    print(format_suite(suite, results))
     if json is not None:
         from mssn_monai.io import write_json
 
@@ -578,7 +618,11 @@ ARG_LIMITS = {
     "baseline": {"spacing": "(0, inf)"},
     "candidates": {"spacing": "(0, inf)", "threshold": "[0, 1]"},
     "detect": {"spacing": "(0, inf)"},
-    "benchmark": {"repeats": "[1, inf)", "threads": "[1, inf)"},
+    "benchmark": {
+        "suite": ("headline", "fnr", "detector", "memory", "data"),
+        "repeats": "[1, inf)",
+        "threads": "[1, inf)",
+    },
     "slide": {
         "spacing": "(0, inf)",
         "level": "[0, inf)",

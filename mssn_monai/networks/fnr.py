@@ -52,8 +52,8 @@ Architecture and cost
     instead of pooled so the output stride stays 4, then a *feature* convolution (3 taps per axis,
     2 on the cross-bar's short axis) whose dilation spans the rest of the patch, then a 1x1
     classifier to one logit. The defaults cost about 72 GFLOP (convolutions) per 2084x2084 field,
-    inside the design budget of 75 GFLOP and 1.5 s on two CPU cores; ``scripts/benchmark_fnr.py``
-    measures both.
+    inside the design budget of 75 GFLOP and 1.5 s on two CPU cores; ``python -m mssn_monai
+    benchmark --suite fnr`` measures both.
 """
 
 from __future__ import annotations

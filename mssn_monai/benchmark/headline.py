@@ -1,4 +1,4 @@
-"""One place for speed numbers: ``python -m mssn_monai benchmark [--device cpu|cuda] [--json FILE]``.
+"""The headline numbers: ``python -m mssn_monai benchmark [--device cpu|cuda] [--json FILE]`` (``--suite headline``).
 
 Every number comes from the bundle's detector as users run it (:func:`mssn_monai.checkpoints.load_detector`:
 stain normalisation, both stages), after a warm-up run, as the median of ``repeats`` runs where stated:
@@ -11,7 +11,8 @@ stain normalisation, both stages), after a warm-up run, as the median of ``repea
 - ``floor_ratio``: ``field_seconds`` divided by (FLOPs of both stages on the field, counted with
   ``torch.utils.flop_counter``) / (matmul throughput measured in the same run, 2048x2048 float32).
 - ``region_seconds`` and ``peak_rss_mb``: a 6000x5000 field (a synthetic 1024x1024 field tiled) through
-  the tiled path (``detect``'s code), in a fresh process so the peak resident memory is its own; once.
+  the tiled path (``detect``'s code), in a fresh process so the peak resident memory is its own
+  (``wait4``'s ``ru_maxrss``); once.
 - ``slide_mm2_per_s``: tissue mm² per second of ``slide`` on a generated pyramidal slide
   (:func:`mssn_monai.data.synthetic_slide.generate_slide`), reading, tissue detection and stain fit
   included, report excluded; once, after the warm-up field runs.
@@ -19,47 +20,38 @@ stain normalisation, both stages), after a warm-up run, as the median of ``repea
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["run_benchmark", "format_benchmark"]
+from mssn_monai.benchmark.common import run_in_child, tiled_field, timed
 
-_REGION_CHILD = r"""
-import json, resource, sys, time
-import numpy as np, torch
-torch.set_num_threads({threads})
-from mssn_monai.checkpoints import load_detector
-from mssn_monai.data.synthetic import generate_field
-fields = load_detector({bundle!r}, {device!r})
-field = generate_field((1024, 1024), seed=4).image
-image = np.ascontiguousarray(np.tile(field, (5, 6, 1))[:5000, :6000])
-t = time.perf_counter()
-out = fields(image, 0.2455)
-seconds = time.perf_counter() - t
-print(json.dumps({{"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "detections": int(len(out["detections"]))}}))
-"""
+__all__ = ["run_benchmark", "format_benchmark", "region_child"]
 
 
-def _median_time(fn: Any, repeats: int, sync: Any) -> tuple[float, Any]:
-    fn()  # warm-up
-    sync()
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t)
+def region_child(bundle: str | None, device: str, threads: int, width: int, height: int) -> dict[str, Any]:
+    """In the child process: the region (6000x5000) once through the bundle's detector."""
+    import time
+
+    import torch
+
+    from mssn_monai.checkpoints import load_detector
+
+    torch.set_num_threads(threads)
+    fields = load_detector(bundle, device)
+    fields.detector.progress = False
+    image = tiled_field(width, height)
+    start = time.perf_counter()
+    out = fields(image, 0.2455)
+    return {"seconds": time.perf_counter() - start, "detections": int(len(out["detections"]))}
+
+
+def _median(fn: Any, repeats: int, sync: Any) -> tuple[float, Any]:
+    times, out = timed(fn, repeats, sync)
     return statistics.median(times), out
 
 
@@ -72,8 +64,14 @@ def run_benchmark(
     slide_size: tuple[int, int] = (6144, 4096),
     slide_islands: int = 6,
     region: bool = True,
+    field_px: int = 2084,
+    region_size: tuple[int, int] = (6000, 5000),
 ) -> dict[str, Any]:
-    """Run every measurement (see the module docstring) and return them as a dict."""
+    """Run every measurement (see the module docstring) and return them as a dict.
+
+    ``field_px`` (2084) and ``region_size`` (width, height) are the field's side and the region's size;
+    smaller only to keep tests quick.
+    """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -88,18 +86,18 @@ def run_benchmark(
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     fields = load_detector(bundle, dev)
     fields.detector.progress = False
-    image = generate_field((2084, 2084), seed=7).image
+    image = generate_field((field_px, field_px), seed=7).image
     spacing = 0.2455
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "repeats": repeats,
     }
-    field_s, out = _median_time(lambda: fields(image, spacing), repeats, sync)
+    field_s, out = _median(lambda: fields(image, spacing), repeats, sync)
     results["field_seconds"] = field_s
     results["field_detections"] = int(len(out["detections"]))
     results["field_candidates"] = int(len(out["candidates"]))
-    stage1_s, _ = _median_time(lambda: fields.fused_map(image), repeats, sync)
+    stage1_s, _ = _median(lambda: fields.fused_map(image), repeats, sync)
     results["stage1_seconds"] = stage1_s
 
     # naive: one 120x120 patch per map cell, same weights, same stride
@@ -115,8 +113,8 @@ def run_benchmark(
                 batch = torch.stack([pad[:, y : y + 120, x : x + 120] for x, y in centres[k : k + 64]])
                 fnr.classify_patches(batch)
 
-    naive_s, _ = _median_time(naive, repeats, sync)
-    cells = math.ceil(2084 / 4) ** 2
+    naive_s, _ = _median(naive, repeats, sync)
+    cells = math.ceil(field_px / 4) ** 2
     results["naive_seconds_extrapolated"] = naive_s / len(centres) * cells
     results["naive_ratio"] = results["naive_seconds_extrapolated"] / stage1_s
 
@@ -126,19 +124,16 @@ def run_benchmark(
         fields(image, spacing)
     flops = counter.get_total_flops()
     a = torch.randn(2048, 2048, device=dev)
-    mm_s, _ = _median_time(lambda: a @ a, max(repeats, 5), sync)
+    mm_s, _ = _median(lambda: a @ a, max(repeats, 5), sync)
     throughput = 2 * 2048**3 / mm_s
     results["gflops_field"] = flops / 1e9
     results["matmul_gflop_per_s"] = throughput / 1e9
     results["floor_ratio"] = field_s / (flops / throughput)
 
     if region:
-        code = _REGION_CHILD.format(threads=torch.get_num_threads(), bundle=bundle, device=str(dev))
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"region benchmark failed: {proc.stderr.strip().splitlines()[-1:]}")
-        child = json.loads(proc.stdout.strip().splitlines()[-1])
+        w, h = region_size
+        kwargs = {"bundle": bundle, "device": str(dev), "threads": torch.get_num_threads(), "width": w, "height": h}
+        child = run_in_child("mssn_monai.benchmark.headline:region_child", kwargs, threads)
         results["region_seconds"] = child["seconds"]
         results["peak_rss_mb"] = child["peak_rss_mb"]
 
