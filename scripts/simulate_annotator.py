@@ -264,6 +264,7 @@ def main(
     plot_only=False,
     merge: str | tuple[str, ...] | None = None,
     rescore=False,
+    seed: int = 0,
 ) -> None:
     """Run the simulation; see the module docstring.
 
@@ -283,6 +284,8 @@ def main(
             combined into ``OUT/simulate_annotator.json`` and drawn.
         rescore: score the kept versions of ``OUT/simulate_annotator.json`` again on ``test`` new fields of
             ``test_size`` (:func:`rescore_versions`), then draw.
+        seed: draw of the pool and the test fields (0: the documented run; the rescore set moves with it),
+            and of the server's fine-tuning.
     """
     out_p = Path(out)
     out_p.mkdir(parents=True, exist_ok=True)
@@ -294,7 +297,9 @@ def main(
         json_path.write_text(json.dumps(merged, indent=1) + "\n")
         plot_only = True
     if as_flag(rescore, "rescore"):
-        results = rescore_versions(json.loads(json_path.read_text()), out_p, int(test), int(test_size or size))
+        results = rescore_versions(
+            json.loads(json_path.read_text()), out_p, int(test), int(test_size or size), 900 + 1000 * int(seed)
+        )
         json_path.write_text(json.dumps(results, indent=1) + "\n")
         plot_only = True
     if as_flag(plot_only, "plot_only"):
@@ -303,12 +308,12 @@ def main(
     strategies = strategies.split(",") if isinstance(strategies, str) else list(strategies)
     from mssn_monai.data.datalist import write_datalist
 
-    pool_records = _render(out_p / "pool", style, pool, size, 700)
-    test_records = _render(out_p / "test", style, test, int(test_size or size), 800)
+    pool_records = _render(out_p / "pool", style, pool, size, 700 + 1000 * int(seed))
+    test_records = _render(out_p / "test", style, test, int(test_size or size), 800 + 1000 * int(seed))
     test_dl = out_p / "test" / "datalist.json"
     write_datalist({"training": [], "validation": [], "testing": test_records}, test_dl)
     pool_by_id = {Path(r["image"]).stem: r for r in pool_records}
-    params = {"epochs": int(epochs), "samples_per_epoch": int(samples_per_epoch), "device": "cpu", "seed": 0}
+    params = {"epochs": int(epochs), "samples_per_epoch": int(samples_per_epoch), "device": "cpu", "seed": int(seed)}
     t0 = time.monotonic()
     start = _score(ROOT / "bundle", test_dl)
     results: dict[str, Any] = {
