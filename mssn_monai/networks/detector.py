@@ -463,19 +463,39 @@ class FieldDetector:
 
         return tqdm(total=total, desc=desc, unit="block", leave=False)
 
-    def _fused_map(self, crop: Callable, h: int, w: int) -> torch.Tensor:
+    def _stage1_cells(self, crop: Callable, h: int, w: int, r0: int, rows: int, c0: int, cols: int) -> torch.Tensor:
+        """The fused stage-1 map's cells ``[r0, r0 + rows) x [c0, c0 + cols)``, read with their patch context."""
         det, s = self.detector, self.detector.output_stride
         qy, qx = det.fnr.half_extent
         hy, hx = -(-qy // s) * s, -(-qx // s) * s  # patch context, rounded up to the stride grid
+        y0, x0 = max(0, s * r0 - hy), max(0, s * c0 - hx)
+        y1, x1 = min(h, s * (r0 + rows - 1) + qy + 1), min(w, s * (c0 + cols - 1) + qx + 1)
+        maps = det.stage1_region(crop(y0, y1, x0, x1), r0 - y0 // s, rows, c0 - x0 // s, cols)
+        return maps[det.fnr.fused_key]
+
+    def _vote_box(
+        self, crop: Callable, h: int, w: int, box: tuple[int, int, int, int], candidates: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`MSSNDetector.vote` of ``candidates`` (field pixels, all inside ``box = (y0, y1, x0, x1)``),
+        reading only the box and the vote's patch context around it."""
+        det = self.detector
+        halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
+        by0, by1, bx0, bx1 = box
+        y0, x0 = max(0, by0 - halo), max(0, bx0 - halo)
+        y1, x1 = min(h, by1 + halo), min(w, bx1 + halo)
+        local = candidates.clone()
+        local[:, 0] -= x0
+        local[:, 1] -= y0
+        return det.vote(crop(y0, y1, x0, x1), local)
+
+    def _fused_map(self, crop: Callable, h: int, w: int) -> torch.Tensor:
+        s = self.detector.output_stride
         n_rows, n_cols = -(-h // s), -(-w // s)
         fused = torch.zeros((n_rows, n_cols), dtype=torch.float32, device=self._device)
         blocks = self._blocks(n_rows, n_cols)
         with self._progress(len(blocks), "stage 1") as bar:
             for r0, rows, c0, cols in blocks:
-                y0, x0 = max(0, s * r0 - hy), max(0, s * c0 - hx)
-                y1, x1 = min(h, s * (r0 + rows - 1) + qy + 1), min(w, s * (c0 + cols - 1) + qx + 1)
-                maps = det.stage1_region(crop(y0, y1, x0, x1), r0 - y0 // s, rows, c0 - x0 // s, cols)
-                fused[r0 : r0 + rows, c0 : c0 + cols] = maps[det.fnr.fused_key]
+                fused[r0 : r0 + rows, c0 : c0 + cols] = self._stage1_cells(crop, h, w, r0, rows, c0, cols)
                 if bar is not None:
                     bar.update(1)
         return fused
@@ -484,7 +504,6 @@ class FieldDetector:
         det, s = self.detector, self.detector.output_stride
         n = int(candidates.shape[0])
         centres = torch.floor(candidates[:, :2].double() + 0.5).long()
-        halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
         blocks = self._blocks(-(-h // s), -(-w // s))
         if len(blocks) == 1:  # the whole field: MSSNDetector.vote as detect calls it
             return det.vote(crop(0, h, 0, w), candidates)
@@ -498,12 +517,7 @@ class FieldDetector:
             idx = torch.nonzero(inside).flatten()
             if idx.numel() == 0:
                 continue
-            y0, x0 = max(0, by0 - halo), max(0, bx0 - halo)
-            y1, x1 = min(h, by1 + halo), min(w, bx1 + halo)
-            local = candidates[idx].clone()
-            local[:, 0] -= x0
-            local[:, 1] -= y0
-            v, vs, p = det.vote(crop(y0, y1, x0, x1), local)
+            v, vs, p = self._vote_box(crop, h, w, (by0, by1, bx0, bx1), candidates[idx])
             voted[idx], votes[idx], probability[idx] = v, vs.to(votes.dtype), p.to(probability.dtype)
         return voted, votes, probability
 
@@ -569,9 +583,6 @@ class FieldDetector:
                     f"block {(i, j)} is outside the {grid_rows}x{grid_cols} block grid of a {w}x{h} field."
                 )
         m = self.peak_margin_cells(spacing_um)
-        qy, qx = det.fnr.half_extent
-        hy, hx = -(-qy // s) * s, -(-qx // s) * s
-        halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
         with torch.inference_mode(), _eval(det):
             crop = self._reader(image, fit_on)
             for i, j in todo:
@@ -579,23 +590,16 @@ class FieldDetector:
                 rows, cols = min(bc, n_rows - r0), min(bc, n_cols - c0)
                 er0, ec0 = max(0, r0 - m), max(0, c0 - m)
                 er1, ec1 = min(n_rows, r0 + rows + m), min(n_cols, c0 + cols + m)
-                y0, x0 = max(0, s * er0 - hy), max(0, s * ec0 - hx)
-                y1, x1 = min(h, s * (er1 - 1) + qy + 1), min(w, s * (ec1 - 1) + qx + 1)
-                fused = det.stage1_region(crop(y0, y1, x0, x1), er0 - y0 // s, er1 - er0, ec0 - x0 // s, ec1 - ec0)
-                peaks = det.peaks(fused[det.fnr.fused_key], float(spacing_um)).double()
+                fused = self._stage1_cells(crop, h, w, er0, er1 - er0, ec0, ec1 - ec0)
+                peaks = det.peaks(fused, float(spacing_um)).double()
                 pr = torch.round(peaks[:, 1] / s).long() + er0
                 pc = torch.round(peaks[:, 0] / s).long() + ec0
                 inside = (pr >= r0) & (pr < r0 + rows) & (pc >= c0) & (pc < c0 + cols)
                 candidates = peaks[inside]
                 candidates[:, 0] += s * ec0
                 candidates[:, 1] += s * er0
-                by0, bx0 = s * r0, s * c0
-                vy0, vx0 = max(0, by0 - halo), max(0, bx0 - halo)
-                vy1, vx1 = min(h, by0 + s * rows + halo), min(w, bx0 + s * cols + halo)
-                local = candidates.clone()
-                local[:, 0] -= vx0
-                local[:, 1] -= vy0
-                voted, votes, probability = det.vote(crop(vy0, vy1, vx0, vx1), local)
+                box = (s * r0, s * (r0 + rows), s * c0, s * (c0 + cols))
+                voted, votes, probability = self._vote_box(crop, h, w, box, candidates)
                 out = det.decide(candidates, voted, votes, probability)
                 yield (
                     (i, j),
