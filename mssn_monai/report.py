@@ -34,6 +34,7 @@ from mssn_monai import __version__
 from mssn_monai.grading import field_diameter_mm, mitotic_score, score_thresholds
 from mssn_monai.io import asap_xml, atomic_write, detections_to_geojson, write_detections_csv, write_json
 from mssn_monai.ops.hotspot import best_circle, best_square
+from mssn_monai.visualize import draw_points
 
 __all__ = ["HOTSPOT_SHAPES", "find_hotspot", "density_map", "write_slide_report"]
 
@@ -167,11 +168,10 @@ def _png_bytes(picture: np.ndarray) -> bytes:
 def _draw(thumb: np.ndarray, detections: np.ndarray, hotspot: Mapping[str, Any], scale: float) -> np.ndarray:
     from PIL import Image, ImageDraw
 
-    img = Image.fromarray(np.ascontiguousarray(thumb[..., :3]))
+    points = np.asarray(detections, dtype=np.float64).reshape(-1, 3)[:, :2] / scale
+    marked = draw_points(thumb[..., :3], [(points, (220, 30, 30), 2.0)], width=1)
+    img = Image.fromarray(marked)
     d = ImageDraw.Draw(img)
-    for x, y, _ in np.asarray(detections).reshape(-1, 3):
-        cx, cy = x / scale, y / scale
-        d.ellipse([cx - 2, cy - 2, cx + 2, cy + 2], outline=(220, 30, 30), width=1)
     if hotspot["outline"]:
         d.line([(x / scale, y / scale) for x, y in hotspot["outline"]], fill=(30, 100, 220), width=2)
     return np.asarray(img)
