@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mssn_monai.benchmark.common import run_in_child, tiled_field, timed
+from mssn_monai.constants import APERIO_SPACING_UM
 
 __all__ = ["run_benchmark", "format_benchmark", "region_child"]
 
@@ -46,7 +47,7 @@ def region_child(bundle: str | None, device: str, threads: int, width: int, heig
     fields.detector.progress = False
     image = tiled_field(width, height)
     start = time.perf_counter()
-    out = fields(image, 0.2455)
+    out = fields(image, APERIO_SPACING_UM)
     return {"seconds": time.perf_counter() - start, "detections": int(len(out["detections"]))}
 
 
@@ -87,7 +88,7 @@ def run_benchmark(
     fields = load_detector(bundle, dev)
     fields.detector.progress = False
     image = generate_field((field_px, field_px), seed=7).image
-    spacing = 0.2455
+    spacing = APERIO_SPACING_UM
     results: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch": torch.__version__,
