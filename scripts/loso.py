@@ -9,8 +9,8 @@ recall / F1 at the operating threshold fitted on validation, and F1 at the best 
 
 Usage::
 
-    python scripts/loso.py data --out runs/loso --train 16 --val 4 --test 10 --size 768
-    python scripts/loso.py train --out runs/loso --holdout pale [--epochs 4 --fpr-epochs 15] \\
+    python scripts/loso.py data --out runs/loso     # 8 training, 2 validation, 16 test fields of 1024x1024 per look
+    python scripts/loso.py train --out runs/loso --holdout pale [--epochs 6 --fpr-epochs 60] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
     python scripts/loso.py table --out runs/loso
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
@@ -18,10 +18,10 @@ Usage::
     python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2]       # adapt each fold to its held-out look
 
 ``all`` does the three steps, training the folds ``--parallel`` at a time (each fold is one
-``python -m monai.bundle run training`` process). Cost seen on a 16-core H200 machine with six folds at
-once and one loader worker each: about 22 s per stage-2 epoch of 2048 patches (the CPU data pipeline is
-the bound, not the GPU), so the defaults need about 10 minutes there; on a 2-core CPU a fold takes
-about 30 minutes.
+``python -m monai.bundle run training`` process, 6 stage-1 and 60 stage-2 epochs of 2048 patches).
+The fields are read and stain-normalised once per stage (``PatchSampleDataset.preload`` before the
+loader workers start), so a stage-2 epoch costs about 8 s on the 2-core CPU and a fold about 11
+minutes alone; two folds at a time take about 22 minutes per pair.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _styles() -> list[str]:
     return [s for s in STYLES if s != "random"]
 
 
-def data(out: str, train: int = 16, val: int = 4, test: int = 10, size: int = 768, seed: int = 100) -> None:
+def data(out: str, train: int = 8, val: int = 2, test: int = 16, size: int = 1024, seed: int = 100) -> None:
     """Render ``train + val + test`` fields of every look under ``OUT/data/<style>/`` with one datalist each."""
     from mssn_monai.data.datalist import write_datalist
     from mssn_monai.data.formats import read_mitos_atypia14
@@ -67,24 +67,26 @@ def data(out: str, train: int = 16, val: int = 4, test: int = 10, size: int = 76
         print(f"{style}: {n} fields of {size}x{size}")
 
 
-def family(out: str, random_train: int = 12, random_val: int = 8, size: int = 1024) -> Path:
+def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int = 4, size: int = 1024) -> Path:
     """The whole family in one datalist, ``OUT/family/datalist.json``: what the shipped weights train on.
 
     Training: every look's training and validation fields (from :func:`data`) plus ``random_train``
     fields of the ``random`` style (each slide a fresh draw from the whole family). Validation (where
-    the operating threshold and every setting are chosen): ``random_val`` other ``random`` fields, so
-    the choice is made on looks no named style pins down. The looks' test fields stay out.
+    the operating threshold and every setting are chosen): ``look_val`` new fields of every look and
+    ``random_val`` other ``random`` fields, so the threshold is chosen on several looks at once and on
+    looks no named style pins down. The looks' test fields stay out.
     """
     from mssn_monai.data.datalist import load_datalist, write_datalist
     from mssn_monai.data.formats import read_mitos_atypia14
     from mssn_monai.data.synthetic import generate_dataset
 
     root = Path(out)
-    sets = {"random_train": (random_train, 400), "random": (random_val, 300)}
-    for name, (n, seed) in sets.items():
+    sets = {"random_train": (random_train, 400, "random"), "random": (random_val, 300, "random")}
+    sets.update({f"{style}_val": (look_val, 700 + i, style) for i, style in enumerate(_styles())})
+    for name, (n, seed, style) in sets.items():
         if not (root / "data" / name / "datalist.json").is_file():
             fields = root / "data" / name / "fields"
-            generate_dataset(fields, n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style="random")
+            generate_dataset(fields, n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style=style)
             records = sorted(read_mitos_atypia14(fields), key=lambda r: r["image"])
             section = "training" if name == "random_train" else "validation"
             write_datalist({section: records}, root / "data" / name / "datalist.json")
@@ -93,7 +95,9 @@ def family(out: str, random_train: int = 12, random_val: int = 8, size: int = 10
         dl = root / "data" / style / "datalist.json"
         training += load_datalist(dl, "training") + load_datalist(dl, "validation")
     training += load_datalist(root / "data" / "random_train" / "datalist.json", "training")
-    validation = load_datalist(root / "data" / "random" / "datalist.json", "validation")
+    validation = []
+    for name in [f"{style}_val" for style in _styles()] + ["random"]:
+        validation += load_datalist(root / "data" / name / "datalist.json", "validation")
     path = root / "family" / "datalist.json"
     write_datalist({"training": training, "validation": validation}, path)
     n_mitoses = sum(len(r["mitoses"]) for r in training)
@@ -117,7 +121,7 @@ def _fold_datalist(out: Path, holdout: str) -> Path:
     return fold
 
 
-def train(out: str, holdout: str, epochs: int = 4, fpr_epochs: int = 15, workers: int = 1, extra: str = "") -> float:
+def train(out: str, holdout: str, epochs: int = 6, fpr_epochs: int = 60, workers: int = 1, extra: str = "") -> float:
     """Train one fold (all looks but ``holdout``) into ``OUT/folds/<holdout>/bundle``; returns seconds."""
     fold = _fold_datalist(Path(out).resolve(), holdout)
     bundle = fold / "bundle"
@@ -248,8 +252,8 @@ def _print(rows: list[dict]) -> None:
 
 
 def all(  # noqa: A001 - the fire command name
-    out: str, train_fields: int = 16, val: int = 4, test: int = 10, size: int = 768, epochs: int = 4,
-    fpr_epochs: int = 15, parallel: int = 6, extra: str = "",
+    out: str, train_fields: int = 8, val: int = 2, test: int = 16, size: int = 1024, epochs: int = 6,
+    fpr_epochs: int = 60, parallel: int = 2, extra: str = "",
 ) -> None:  # fmt: skip
     """Render the data, train every fold (``parallel`` at a time), print the table."""
     data(out, train_fields, val, test, size)
