@@ -211,6 +211,15 @@ def _fine_tune(
     return seconds
 
 
+def _spread(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """At most ``n`` of ``records``, evenly spaced over the list (first and last included), in order."""
+    if n <= 0 or not records:
+        return []
+    if len(records) <= n:
+        return records
+    return [records[i] for i in np.unique(np.round(np.linspace(0, len(records) - 1, n)).astype(int))]
+
+
 def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> float:
     """The highest of :data:`CANDIDATE_THRESHOLDS` at which stage 1 finds every labelled mitosis of the fields
     (the lowest when none does). Stage 1 runs once per field; only the peaks are redone per threshold."""
@@ -295,7 +304,8 @@ def adapt_bundle(
         section: the datalist section holding the labelled fields.
         epochs: fine-tuning epochs of each stage (0: reference bank and calibration only, no gradient step).
         replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.
-        replay_fields: at most this many replay fields (the first ones) are mixed in.
+        replay_fields: at most this many replay fields are mixed in, spread evenly over the datalist (a
+            datalist of several looks, such as the family the shipped weights learnt, keeps them all).
         samples_per_epoch: patches per fine-tuning epoch and stage.
         per_class: references added per class from the new fields.
         overwrite: replace an existing non-empty ``out``.
@@ -336,7 +346,7 @@ def adapt_bundle(
     old_refs = fields.detector.fpr.references.clone(), fields.detector.fpr.reference_classes.clone()
     replay_records: list[dict[str, Any]] = []
     if replay is not None:
-        replay_records = list(load_datalist(replay, "training"))[: int(replay_fields)]
+        replay_records = _spread(list(load_datalist(replay, "training")), int(replay_fields))
     if epochs > 0:
         train_config = bundle_config(src / "configs" / "train.json")
         report["seconds_fine_tune"] = _fine_tune(

@@ -125,3 +125,12 @@ def test_adapt_fine_tune_changes_both_stages(pale, tmp_path):
         assert not torch.equal(a, b), stage
     report = json.loads((out / "adapt_report.json").read_text())
     assert set(report["seconds_fine_tune"]) == {"fine-tune stage 1", "fine-tune stage 2"}
+
+
+def test_replay_fields_spread_over_the_datalist():
+    from mssn_monai.adapt import _spread
+
+    recs = [{"image": str(i)} for i in range(10)]
+    assert [r["image"] for r in _spread(recs, 4)] == ["0", "3", "6", "9"]
+    assert _spread(recs, 20) == recs and _spread(recs, 0) == [] and _spread([], 3) == []
+    assert [r["image"] for r in _spread(recs, 1)] == ["0"]
