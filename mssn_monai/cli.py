@@ -233,10 +233,13 @@ def slide(
     hpf_count: int = 10,
     device: str | None = None,
     progress: bool = True,
+    reader: str = "auto",
 ) -> None:
     """Whole slide: mitoses over the tissue, the hotspot, the mitotic score, and one report per slide.
 
-    Reads a pyramidal TIFF (MONAI ``WSIReader``, tifffile backend; tiles decoded on demand), finds the
+    Reads a pyramidal TIFF (MONAI ``WSIReader``, tifffile backend; tiles decoded on demand) or, with the
+    ``openslide`` extra (``pip install "mssn-monai[openslide]"``), NDPI, MRXS, SCN, BIF and the other
+    formats OpenSlide reads (regions read on demand), finds the
     tissue on a low level, streams the tissue blocks through the bundle's detector, and writes
     ``OUT/<stem>.csv``, ``.geojson`` (QuPath: points and the hotspot), ``.xml`` (ASAP),
     ``_heatmap.png`` / ``.npy`` (mitoses per mm²), ``.json`` and ``.html`` (self-contained report).
@@ -250,7 +253,8 @@ def slide(
     The shipped weights are trained on synthetic data only: retrain on real data before real use.
 
     Args:
-        input: the slide (pyramidal, tiled TIFF: ``.tif``, ``.tiff``, ``.svs``, OME-TIFF).
+        input: the slide (pyramidal, tiled TIFF: ``.tif``, ``.tiff``, ``.svs``, OME-TIFF; with the
+            ``openslide`` extra also ``.ndpi``, ``.mrxs``, ``.scn``, ``.bif``, ``.vms``, ...).
         out: output folder.
         spacing: level-0 um/px, overriding the file's (needed when the file has none).
         level: pyramid level to detect at (0: full resolution).
@@ -263,6 +267,8 @@ def slide(
         hpf_count: number of fields (hpf).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         progress: show the progress bar.
+        reader: ``auto`` (OpenSlide for its own formats and for TIFFs tifffile cannot decode tile by
+            tile, tifffile for the others), ``tifffile`` or ``openslide``.
     """
     from mssn_monai.checkpoints import load_detector
     from mssn_monai.io import remove_stale_temporaries
@@ -273,7 +279,9 @@ def slide(
         spacing = _spacing(spacing)
     fields = load_detector(bundle, _device(device))
     remove_stale_temporaries(out) if Path(out).is_dir() else None
-    run = detect_slide(input, out, fields, spacing=spacing, level=level, resume=resume, progress=progress)
+    run = detect_slide(
+        input, out, fields, spacing=spacing, level=level, resume=resume, progress=progress, reader=reader
+    )
     hot = find_hotspot(run["detections"], run["slide"].spacing_um, hotspot, area_mm2, hpf_diameter_mm, hpf_count)
     summary = write_slide_report(Path(out) / run["slide"].path.stem, run, hot, bundle)
     print(
@@ -630,6 +638,7 @@ ARG_LIMITS = {
         "area_mm2": "(0, inf)",
         "hpf_diameter_mm": "(0, inf)",
         "hpf_count": "[1, inf)",
+        "reader": ("auto", "tifffile", "openslide"),
     },
     "evaluate": {"radius_um": "(0, inf)", "matching": ("optimal", "greedy")},
     "adapt": {"epochs": "[0, inf)", "seed": "[0, inf)"},
@@ -641,8 +650,8 @@ has no interval: scores are not always probabilities (the baseline's are darknes
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: check the arguments against the command's signature and :data:`ARG_LIMITS`, then run
-    the command with python-fire; input errors (bad flags included, before anything is written) end in one
-    line on stderr and exit status 2."""
+    the command with python-fire; input errors (bad flags included, before anything is written, and a slide
+    that needs the ``openslide`` extra when it is not installed) end in one line on stderr and exit status 2."""
     import fire
 
     from mssn_monai.cli_args import ArgumentError, check_command_args
@@ -659,4 +668,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"error: {msg}", file=sys.stderr)
+        sys.exit(2)
+    except ImportError as e:  # only the optional extra a file needs (a missing core package is a bug)
+        from mssn_monai.data.openslide_image import OpenSlideMissingError
+
+        if not isinstance(e, OpenSlideMissingError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,7 +1,8 @@
 """Whole slides: tissue, streamed blocks through the one detector, a resumable record, the report.
 
 :func:`detect_slide` runs the bundle's :class:`~mssn_monai.networks.detector.FieldDetector` over a
-pyramidal TIFF (:func:`mssn_monai.data.slides.open_slide`):
+pyramidal TIFF, or with the ``openslide`` extra any slide OpenSlide reads
+(:func:`mssn_monai.data.slides.open_slide`):
 
 1. **Tissue** on a thumbnail (a low pyramid level): :func:`mssn_monai.ops.tissue.tissue_mask` (Otsu on
    saturation, small holes filled). Blocks of the detector's grid (2048 px at the detection level) that
@@ -93,6 +94,7 @@ def _record_key(slide: Slide, level: int, block_px: int, settings: Mapping[str, 
         "size": list(slide.size),
         "level": int(level),
         "spacing_um": slide.spacing_um,
+        "reader": slide.reader,
         "block_px": int(block_px),
         "settings": {k: v for k, v in settings.items()},
     }
@@ -101,7 +103,7 @@ def _record_key(slide: Slide, level: int, block_px: int, settings: Mapping[str, 
 def _load_record(path: Path, key: dict) -> dict[str, list]:
     """The finished blocks of a record made with the same ``key``; raises ``ValueError`` on another key."""
     record = read_json(path)
-    old = {k: record.get(k) for k in key}
+    old = {k: record.get(k, "tifffile" if k == "reader" else None) for k in key}  # older records: tifffile
     if old != key:
         diff = sorted(k for k in key if old.get(k) != key[k])
         raise ValueError(
@@ -120,6 +122,7 @@ def detect_slide(
     resume: bool = False,
     progress: bool = True,
     max_blocks: int | None = None,
+    reader: str = "auto",
 ) -> SlideRun:
     """Detect mitoses over the tissue of one slide; returns the run (see :class:`SlideRun`).
 
@@ -132,6 +135,7 @@ def detect_slide(
         resume: continue from the record of an earlier run with the same settings.
         progress: show a progress bar.
         max_blocks: stop after this many new blocks (a stand-in for a killed run, for tests).
+        reader: ``auto``, ``tifffile`` or ``openslide`` (:func:`~mssn_monai.data.slides.open_slide`).
 
     Returns:
         a :class:`SlideRun` with ``detections`` ``(N, 3)`` level-0 ``x, y, probability``, ``complete``
@@ -141,7 +145,7 @@ def detect_slide(
     from tqdm import tqdm
 
     t_start = time.perf_counter()
-    slide = open_slide(input, spacing)
+    slide = open_slide(input, spacing, reader)
     slide._check_level(level)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

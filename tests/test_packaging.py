@@ -12,7 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
-DISTRIBUTION = {"PIL": "pillow", "skimage": "scikit-image", "ignite": "pytorch-ignite"}
+DISTRIBUTION = {"PIL": "pillow", "skimage": "scikit-image", "ignite": "pytorch-ignite", "openslide": "openslide-python"}
+# import name -> the optional extra that installs it (imported only when a file needs it, never by the bundle's configs)
+OPTIONAL = {"openslide": "openslide"}
 
 
 def _third_party_imports() -> set[str]:
@@ -38,17 +40,21 @@ def _pyproject() -> dict:
 
 def test_runtime_dependencies_are_the_imports():
     project = _pyproject()["project"]
-    imported = {DISTRIBUTION.get(n, n).lower() for n in _third_party_imports()}
+    imports = _third_party_imports()
+    imported = {DISTRIBUTION.get(n, n).lower() for n in imports - set(OPTIONAL)}
     assert _distributions(project["dependencies"]) == imported
     assert "pytest" not in _distributions(project["dependencies"])
     assert "pytest" in _distributions(project["optional-dependencies"]["dev"])  # test tools are an extra
+    for name, extra in OPTIONAL.items():  # an optional import is still imported, and its extra installs it
+        assert name in imports, name
+        assert DISTRIBUTION.get(name, name) in _distributions(project["optional-dependencies"][extra]), extra
 
 
 def test_bundle_requirements_are_published_and_cover_the_imports():
     """The zoo installs monai, torch, numpy and required_packages_version: that must be enough to import."""
     meta = json.loads((ROOT / "bundle" / "configs" / "metadata.json").read_text())
     required = {n.lower() for n in meta["required_packages_version"]} | {"monai", "torch", "numpy"}
-    imported = {DISTRIBUTION.get(n, n).lower() for n in _third_party_imports()}
+    imported = {DISTRIBUTION.get(n, n).lower() for n in _third_party_imports() - set(OPTIONAL)}
     assert imported <= required, imported - required
     assert "mssn-monai" not in required
     versions = [meta["numpy_version"], *meta["required_packages_version"].values()]
