@@ -19,7 +19,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c $(CONSTRAINTS) "torch==2.13.0"
-	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,openslide]"
 	touch $(STAMP)
 
 install: $(STAMP)
