@@ -360,17 +360,27 @@ def gap_midpoint(scores: np.ndarray, threshold: float) -> float:
     return (float(threshold) + (float(below.max()) if below.size else 0.0)) / 2.0
 
 
-def best_operating_threshold(gts: Sequence[np.ndarray], voted: Sequence[np.ndarray], radii: Sequence[float]) -> float:
-    """The operating threshold fitted on labelled fields: F1-best (micro), then the middle of the gap below it.
+def best_operating_threshold(
+    gts: Sequence[np.ndarray],
+    voted: Sequence[np.ndarray],
+    radii: Sequence[float],
+    domains: Sequence[Any] | None = None,
+) -> float:
+    """The operating threshold fitted on labelled fields: F1-best, then the middle of the gap below it.
 
     The lowest calibrated probability that maximises F1 over the fields, moved down to the middle of
     the gap to the next lower probability (:func:`gap_midpoint`): the same decisions on these fields,
     with the widest margin for a true mitosis scored a little lower on new ones. 0 with no detection.
 
+    F1 is micro over all fields, or, with ``domains`` naming two or more domains (scanners, labs, looks),
+    the mean of each domain's micro F1: every domain weighs the same, so the domain with the most
+    candidates (often the one with the most false positives) does not set the threshold for the others.
+
     Args:
         gts: per field, ``(N_i, 2)`` ground-truth mitoses in pixels.
         voted: per field, ``(M_i, 3)`` voted candidates ``x, y, calibrated probability``.
         radii: per field, the match radius in pixels.
+        domains: per field, its domain label (any hashable), or ``None``.
     """
     from mssn_monai.metrics import best_threshold, prf_arrays, select_thresholds, sweep_counts
 
@@ -378,7 +388,27 @@ def best_operating_threshold(gts: Sequence[np.ndarray], voted: Sequence[np.ndarr
     thresholds = select_thresholds(scores)
     if len(thresholds) == 0:
         return 0.0
-    best, _ = best_threshold(thresholds, prf_arrays(*sweep_counts(gts, voted, radii, thresholds))[2])
+    if domains is not None and len(domains) != len(gts):
+        raise ValueError(f"domains needs one label per field, got {len(domains)} for {len(gts)} fields")
+    names = sorted(set(domains), key=str) if domains is not None else []
+    if len(names) >= 2:
+        f1 = np.mean(
+            [
+                prf_arrays(
+                    *sweep_counts(
+                        [g for g, d in zip(gts, domains, strict=True) if d == name],
+                        [v for v, d in zip(voted, domains, strict=True) if d == name],
+                        [r for r, d in zip(radii, domains, strict=True) if d == name],
+                        thresholds,
+                    )
+                )[2]
+                for name in names
+            ],
+            axis=0,
+        )
+    else:
+        f1 = prf_arrays(*sweep_counts(gts, voted, radii, thresholds))[2]
+    best, _ = best_threshold(thresholds, f1)
     return gap_midpoint(scores, best) if best is not None else 0.0
 
 
@@ -438,14 +468,15 @@ class FitOperatingPoint:
     threshold 0 on every record, fits ``p = sigmoid(a * votes + b)`` by Platt scaling on the candidates
     (label 1 = matched to a mitosis within ``radius_um``), then picks the operating threshold: among the
     candidates the vote keeps, the lowest calibrated probability that maximises F1 on these fields
-    (micro, :mod:`mssn_monai.metrics`), moved down to the middle of the gap between it and the next
-    lower probability (:func:`gap_midpoint`; the largest margin on these fields, so a true mitosis
-    scored a little lower on new fields still passes). Calibration and threshold are written into the
-    stage-2 network (so they are saved with its weights), and the numbers go to
+    (micro, :mod:`mssn_monai.metrics`; when every record names its ``domain`` and there are two or more,
+    the mean of the domains' F1, :func:`best_operating_threshold`), moved down to the middle of the gap
+    between it and the next lower probability (:func:`gap_midpoint`; the largest margin on these fields,
+    so a true mitosis scored a little lower on new fields still passes). Calibration and threshold are
+    written into the stage-2 network (so they are saved with its weights), and the numbers go to
     ``engine.state.metrics``: ``fields_f1``, ``fields_precision``, ``fields_recall`` at the operating
     threshold, ``fields_vote_only_f1`` (the paper's vote alone), ``fields_operating_threshold``,
     ``fields_fnr_fp`` and ``fields_fpr_fp`` (false positives before and after stage 2),
-    ``fields_fnr_recall``.
+    ``fields_fnr_recall``, ``fields_domains`` (0: F1 pooled over all fields).
 
     Args:
         detector: the ``MSSNDetector`` being trained.
@@ -501,7 +532,9 @@ class FitOperatingPoint:
             kept = [d if threshold is None else d[d[:, 2] >= threshold] for d in dets]
             return sum_counts(detection_counts(g, d[:, :2], r) for g, d, r in zip(gts, kept, radii, strict=True))
 
-        operating = best_operating_threshold(gts, voted, radii)
+        domains = [rec.get(DatalistKeys.DOMAIN) for rec in self.data]
+        domains = domains if all(d is not None for d in domains) else None
+        operating = best_operating_threshold(gts, voted, radii, domains)
         fpr.set_operating_threshold(operating)
         both, vote_only = counts(voted, operating), counts(voted)
         stage1 = counts([o[DetectionKeys.CANDIDATES] for o in outputs])
@@ -515,6 +548,7 @@ class FitOperatingPoint:
             "fields_fnr_fp": float(stage1.fp),
             "fields_fpr_fp": float(both.fp),
             "fields_fnr_recall": float(prf_arrays(*stage1)[1]),
+            "fields_domains": float(len(set(domains)) if domains is not None else 0),
         }
 
 

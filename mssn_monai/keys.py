@@ -23,6 +23,9 @@ class DatalistKeys:
     """Pixel spacing in um/px."""
     GROUP = "group"
     """Slide or case id; the unit of the train/validation/test split."""
+    DOMAIN = "domain"
+    """Optional: the scanner, lab or look a field comes from; on validation fields the operating threshold
+    is chosen with every domain weighing the same (:func:`mssn_monai.handlers.best_operating_threshold`)."""
     MITOSIS_CONFIDENCE = "mitosis_confidence"
     """Optional, one value per mitosis: annotators' agreement (MITOS-ATYPIA-14, 1.0 = all agreed)."""
     MIMIC_CONFIDENCE = "mimic_confidence"
