@@ -390,19 +390,16 @@ def best_operating_threshold(
         return 0.0
     if domains is not None and len(domains) != len(gts):
         raise ValueError(f"domains needs one label per field, got {len(domains)} for {len(gts)} fields")
-    names = sorted(set(domains), key=str) if domains is not None else []
-    if len(names) >= 2:
+    groups: dict[Any, list[int]] = {}
+    for i, d in enumerate(domains if domains is not None else []):
+        groups.setdefault(d, []).append(i)
+    if len(groups) >= 2:
         f1 = np.mean(
             [
                 prf_arrays(
-                    *sweep_counts(
-                        [g for g, d in zip(gts, domains, strict=True) if d == name],
-                        [v for v, d in zip(voted, domains, strict=True) if d == name],
-                        [r for r, d in zip(radii, domains, strict=True) if d == name],
-                        thresholds,
-                    )
+                    *sweep_counts([gts[i] for i in idx], [voted[i] for i in idx], [radii[i] for i in idx], thresholds)
                 )[2]
-                for name in names
+                for idx in groups.values()
             ],
             axis=0,
         )

@@ -19,7 +19,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +36,7 @@ __all__ = [
     "read_image_rgb",
     "open_image",
     "TiledTiffImage",
+    "gather_by_tiles",
     "LAZY_TIFF_PIXELS",
     "MAX_TILED_PIXELS",
     "MAX_CHUNK_PIXELS",
@@ -330,6 +331,50 @@ MAX_TILED_PIXELS = 50000 * 50000
 """Largest tiled TIFF page :func:`open_image` opens (read tile by tile, so memory is not the limit: time is)."""
 
 
+def gather_by_tiles(
+    image: Any,
+    key: Any,
+    pixels: Callable[[int, int, np.ndarray, np.ndarray], np.ndarray],
+    channels: int = 3,
+    dtype: Any = np.uint8,
+) -> np.ndarray:
+    """``image[rows, cols]`` of a tiled array face, read one tile of its grid at a time.
+
+    The shared slicing of :class:`TiledTiffImage` and
+    :class:`~mssn_monai.data.openslide_image.OpenSlideImage`: ``key`` must be two slices (steps allowed);
+    the selected rows and columns are grouped by the tile they fall in (``image.tile`` = ``(th, tw)``),
+    and each group is filled by one call of ``pixels``.
+
+    Args:
+        image: has ``shape`` ``(H, W, ...)`` and ``tile`` ``(th, tw)`` in pixels.
+        key: ``(slice, slice)``: rows, then columns.
+        pixels: ``pixels(ty, tx, rows, cols)`` -> ``(len(rows), len(cols), channels)``: the pixels at those
+            absolute rows and columns, all inside tile ``(ty, tx)``.
+        channels: channels of the result.
+        dtype: its dtype.
+
+    Returns:
+        ``(len(rows), len(cols), channels)`` array (``(0, w, 3)`` / ``(h, 0, 3)`` uint8 when empty).
+
+    Raises:
+        TypeError: ``key`` is not two slices.
+    """
+    if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
+        raise TypeError(f"{type(image).__name__} takes two slices (rows, columns), got {key!r}")
+    rows = np.arange(image.shape[0])[key[0]]
+    cols = np.arange(image.shape[1])[key[1]]
+    if not (len(rows) and len(cols)):
+        return np.zeros((len(rows), len(cols), 3), dtype=np.uint8)
+    out = np.zeros((len(rows), len(cols), channels), dtype=dtype)
+    th, tw = image.tile
+    for ty in np.unique(rows // th):
+        r_sel = np.nonzero(rows // th == ty)[0]
+        for tx in np.unique(cols // tw):
+            c_sel = np.nonzero(cols // tw == tx)[0]
+            out[np.ix_(r_sel, c_sel)] = pixels(int(ty), int(tx), rows[r_sel], cols[c_sel])
+    return out
+
+
 class TiledTiffImage:
     """A TIFF's first page (level 0), read chunk by chunk on demand: an ``(H, W, 3)`` uint8 array face.
 
@@ -421,21 +466,13 @@ class TiledTiffImage:
         return tile
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
-            raise TypeError(f"{type(self).__name__} takes two slices (rows, columns), got {key!r}")
-        rows = np.arange(self.shape[0])[key[0]]
-        cols = np.arange(self.shape[1])[key[1]]
-        if not (len(rows) and len(cols)):
-            return np.zeros((len(rows), len(cols), 3), dtype=np.uint8)
-        out = np.zeros((len(rows), len(cols), self._page.samplesperpixel), dtype=self._page.dtype)
         th, tw = self.tile
-        for ty in np.unique(rows // th):
-            r_sel = np.nonzero(rows // th == ty)[0]
-            for tx in np.unique(cols // tw):
-                c_sel = np.nonzero(cols // tw == tx)[0]
-                tile = self._tile(int(ty), int(tx))
-                out[np.ix_(r_sel, c_sel)] = tile[np.ix_(rows[r_sel] - ty * th, cols[c_sel] - tx * tw)]
-        return _to_rgb_uint8(out, self.path)
+
+        def pixels(ty: int, tx: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return self._tile(ty, tx)[np.ix_(rows - ty * th, cols - tx * tw)]
+
+        out = gather_by_tiles(self, key, pixels, self._page.samplesperpixel, self._page.dtype)
+        return out if out.size == 0 else _to_rgb_uint8(out, self.path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, shape={self.shape}, tile={self.tile})"

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from mssn_monai.io import gather_by_tiles
+
 __all__ = [
     "OPENSLIDE_SUFFIXES",
     "OPENSLIDE_INSTALL",
@@ -157,23 +159,12 @@ class OpenSlideImage:
         return composite_on_white(np.asarray(region))
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)):
-            raise TypeError(f"{type(self).__name__} takes two slices (rows, columns), got {key!r}")
-        rows = np.arange(self.shape[0])[key[0]]
-        cols = np.arange(self.shape[1])[key[1]]
-        out = np.zeros((len(rows), len(cols), 3), dtype=np.uint8)
-        if not (len(rows) and len(cols)):
-            return out
-        th, tw = self.tile
-        for ty in np.unique(rows // th):
-            r_sel = np.nonzero(rows // th == ty)[0]
-            r0, r1 = int(rows[r_sel].min()), int(rows[r_sel].max())
-            for tx in np.unique(cols // tw):
-                c_sel = np.nonzero(cols // tw == tx)[0]
-                c0, c1 = int(cols[c_sel].min()), int(cols[c_sel].max())
-                piece = self.read(c0, r0, c1 - c0 + 1, r1 - r0 + 1)
-                out[np.ix_(r_sel, c_sel)] = piece[np.ix_(rows[r_sel] - r0, cols[c_sel] - c0)]
-        return out
+        def pixels(ty: int, tx: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            r0, c0 = int(rows.min()), int(cols.min())
+            piece = self.read(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
+            return piece[np.ix_(rows - r0, cols - c0)]
+
+        return gather_by_tiles(self, key, pixels)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r}, level={self.level}, shape={self.shape}, tile={self.tile})"

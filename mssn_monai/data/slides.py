@@ -221,8 +221,9 @@ def _open_openslide(path: Path, spacing: float | None) -> Slide:
         raise ValueError(f"{path}: OpenSlide cannot read it ({type(e).__name__}: {e})") from e
     try:
         sizes = [tuple(int(v) for v in reader.get_size(wsi, i)) for i in range(reader.get_level_count(wsi))]
-        value, source = (float(spacing), "--spacing") if spacing is not None else (None, "")
-        if value is None:
+        if spacing is not None:
+            value, source = float(spacing), "--spacing"
+        else:
             value, source = _openslide_spacing(wsi.properties), "OpenSlide mpp-x"
     finally:
         wsi.close()
