@@ -2,6 +2,12 @@
 
 Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detector.FieldDetector`):
 
+0. **Stage-1 alignment** (no label used): the stage-1 network's BatchNorm statistics are shifted by
+   the difference between the new fields' activation statistics and those of fields of the bundle's
+   own look (``replay``, else the bundle's ``samples/``), measured the same way on whole fields
+   (:mod:`mssn_monai.networks.batchnorm`). A new stain or scanner moves stage 1's probabilities as a
+   whole (too few candidates on a pale look, too many on a magenta one); this moves them back. With
+   ``unlabelled=True`` this is the only step, and the fields need no annotation.
 1. **Fine-tune** (``epochs > 0``): a short run of both stages from the current weights on patches of
    the new fields, with up to ``replay_fields`` fields of the original look mixed in (``replay``) so
    the old look is not forgotten. The new fields' stage-1 false positives are mined first and join
@@ -31,7 +37,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +48,15 @@ from mssn_monai.constants import MATCH_RADIUS_UM, MODEL_FILE, TORCHSCRIPT_FILE
 from mssn_monai.io import read_image_rgb
 from mssn_monai.keys import DatalistKeys, PatchClass
 
-__all__ = ["CANDIDATE_THRESHOLDS", "adapt_bundle", "leave_one_field_out_threshold"]
+__all__ = ["ALIGN_TILE_PX", "CANDIDATE_THRESHOLDS", "adapt_bundle", "align_stage1", "leave_one_field_out_threshold"]
 
 logger = logging.getLogger(__name__)
 
 CANDIDATE_THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
 """Stage-1 thresholds ``adapt`` may choose, tried from the highest down."""
+
+ALIGN_TILE_PX = 1024
+"""Side of the whole-field tiles stage 1's BatchNorm statistics are measured on (pixels)."""
 
 
 def leave_one_field_out_threshold(
@@ -90,14 +99,17 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{out}: exists and is not empty; pass --overwrite to replace it")
 
 
-def _records(datalist: str | os.PathLike, section: str) -> list[dict[str, Any]]:
+def _records(datalist: str | os.PathLike, section: str, labelled: bool = True) -> list[dict[str, Any]]:
     from mssn_monai.data.datalist import load_datalist
 
     records = list(load_datalist(datalist, section))
     if not records:
         raise ValueError(f"{datalist}: section {section!r} holds no fields to adapt on")
-    if sum(len(r.get(DatalistKeys.MITOSES, [])) for r in records) == 0:
-        raise ValueError(f"{datalist}: section {section!r} has no labelled mitoses; adapt needs at least one")
+    if labelled and sum(len(r.get(DatalistKeys.MITOSES, [])) for r in records) == 0:
+        raise ValueError(
+            f"{datalist}: section {section!r} has no labelled mitoses; adapt needs at least one "
+            "(or --unlabelled for the stage-1 alignment alone)"
+        )
     for r in records:
         if not Path(r[DatalistKeys.IMAGE]).is_file():
             raise FileNotFoundError(f"{datalist}: image {r[DatalistKeys.IMAGE]} not found")
@@ -211,6 +223,49 @@ def _fine_tune(
     return seconds
 
 
+def _tiles(fields: Any, images: Sequence[np.ndarray], tile: int = ALIGN_TILE_PX) -> Iterator[torch.Tensor]:
+    """Each image as the detector sees it (stain-normalised), cut into ``tile``-px squares that cover it
+    (the last row and column moved inward so every tile is whole): ``(1, 3, tile, tile)`` float, or the
+    whole image when it is smaller."""
+    for image in images:
+        field = fields.prepare(image)
+        h, w = int(field.shape[-2]), int(field.shape[-1])
+        ys = sorted({min(y, max(h - tile, 0)) for y in range(0, h, tile)})
+        xs = sorted({min(x, max(w - tile, 0)) for x in range(0, w, tile)})
+        for y in ys:
+            for x in xs:
+                yield field[:, y : y + tile, x : x + tile].unsqueeze(0)
+
+
+def align_stage1(fields: Any, source: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> None:
+    """Shift stage 1's BatchNorm statistics from the look of ``source`` to that of ``target``, in place.
+
+    Args:
+        fields: the bundle's :class:`~mssn_monai.networks.detector.FieldDetector`; its stage-1 network
+            (``fields.detector.fnr``) is changed.
+        source: ``(H, W, 3)`` uint8 fields of the look the weights were trained on.
+        target: ``(H, W, 3)`` uint8 fields of the new look (no annotation needed).
+    """
+    from mssn_monai.networks.batchnorm import batch_norm_statistics, shift_batch_norm
+
+    fnr = fields.detector.fnr
+    before = batch_norm_statistics(fnr, _tiles(fields, source))
+    shift_batch_norm(fnr, before, batch_norm_statistics(fnr, _tiles(fields, target)))
+
+
+def _source_records(src: Path, replay_records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Fields of the bundle's own look: the replay fields, else up to ``n`` of the bundle's ``samples/``."""
+    from mssn_monai.data.datalist import load_datalist
+
+    if replay_records:
+        return replay_records
+    samples = src / "samples" / "datalist.json"
+    if not samples.is_file():
+        return []
+    sections = json.loads(samples.read_text(encoding="utf-8"))
+    return _spread([r for name in sections for r in load_datalist(samples, name)], n)
+
+
 def _spread(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     """At most ``n`` of ``records``, evenly spaced over the list (first and last included), in order."""
     if n <= 0 or not records:
@@ -294,16 +349,20 @@ def adapt_bundle(
     overwrite: bool = False,
     device: str | torch.device | None = None,
     seed: int = 0,
+    align: bool = True,
+    unlabelled: bool = False,
 ) -> dict[str, Any]:
     """Adapt a bundle to a new look from a few labelled fields and write the adapted bundle at ``out``.
 
     Args:
-        datalist: datalist of the new fields (records with ``mitoses`` and, where present, ``mimics``).
+        datalist: datalist of the new fields (records with ``mitoses`` and, where present, ``mimics``;
+            with ``unlabelled``, ``image`` and ``spacing`` suffice).
         out: the adapted bundle's folder (must be absent or empty unless ``overwrite``).
         bundle: the bundle to start from (default: ``checkpoints.DEFAULT_BUNDLE``).
         section: the datalist section holding the labelled fields.
         epochs: fine-tuning epochs of each stage (0: reference bank and calibration only, no gradient step).
-        replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.
+        replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning and
+            to align stage 1 from.
         replay_fields: at most this many replay fields are mixed in, spread evenly over the datalist (a
             datalist of several looks, such as the family the shipped weights learnt, keeps them all).
         samples_per_epoch: patches per fine-tuning epoch and stage.
@@ -311,6 +370,10 @@ def adapt_bundle(
         overwrite: replace an existing non-empty ``out``.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         seed: seed of patch sampling and of the reference k-means.
+        align: step 0, the stage-1 alignment, when fields of the bundle's own look are at hand
+            (``replay`` or the bundle's ``samples/``; skipped with a warning when neither is).
+        unlabelled: step 0 alone: the fields need no annotation, and the thresholds, calibration and
+            reference bank stay as they are.
 
     Returns:
         the report written to ``out/adapt_report.json``.
@@ -318,7 +381,8 @@ def adapt_bundle(
     Raises:
         FileExistsError: ``out`` is not empty and ``overwrite`` is false.
         FileNotFoundError: missing datalist, image or bundle weights.
-        ValueError: no fields or no labelled mitosis; weights that do not load.
+        ValueError: no fields or no labelled mitosis (without ``unlabelled``); ``unlabelled`` without
+            fields of the bundle's own look or with ``align`` false; weights that do not load.
     """
     from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_detector
     from mssn_monai.data.datalist import load_datalist
@@ -329,7 +393,9 @@ def adapt_bundle(
     _check_out(out, overwrite)
     if isinstance(epochs, bool) or int(epochs) != epochs or epochs < 0:
         raise ValueError(f"--epochs must be an integer >= 0, got {epochs!r}")
-    records = _records(datalist, section)
+    if unlabelled and not align:
+        raise ValueError("--unlabelled runs the stage-1 alignment alone; it cannot be combined with --noalign")
+    records = _records(datalist, section, labelled=not unlabelled)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -347,6 +413,24 @@ def adapt_bundle(
     replay_records: list[dict[str, Any]] = []
     if replay is not None:
         replay_records = _spread(list(load_datalist(replay, "training")), int(replay_fields))
+    source = _source_records(src, replay_records, int(replay_fields)) if align else []
+    if unlabelled and not source:
+        raise ValueError(
+            f"{src}: the stage-1 alignment needs fields of the bundle's own look and the bundle has no "
+            "samples/datalist.json; pass --replay DATALIST"
+        )
+    report["aligned"] = bool(source)
+    if source:
+        t0 = time.perf_counter()
+        source_images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in source]
+        align_stage1(fields, source_images, images)
+        report["alignment_source_fields"] = len(source)
+        report["seconds_align"] = time.perf_counter() - t0
+    elif align:
+        logger.warning("%s: no fields of the bundle's own look (no --replay, no samples/): stage 1 not aligned", src)
+    if unlabelled:
+        _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start)
+        return report
     if epochs > 0:
         train_config = bundle_config(src / "configs" / "train.json")
         report["seconds_fine_tune"] = _fine_tune(
@@ -366,9 +450,19 @@ def adapt_bundle(
     fields.detector.candidate_threshold = candidate_threshold
     report["candidate_threshold"] = candidate_threshold
     report.update(_calibrate(fields, images, records))
+    _finish(src, out, fields, candidate_threshold, report, t_start)
+    return report
+
+
+def _finish(src: Path, out: Path, fields: Any, candidate_threshold: float, report: dict, t_start: float) -> None:
+    """Complete ``report`` and write the adapted bundle: to a temporary folder beside ``out``, renamed onto it."""
+    report["candidate_threshold"] = candidate_threshold
+    report.setdefault("operating_threshold", float(fields.detector.operating_threshold()))
     report["seconds"] = time.perf_counter() - t_start
     report["note"] = "adapted from weights trained on synthetic data only unless the source bundle was retrained"
-    report = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+    report.clear()
+    report.update(clean)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -380,4 +474,3 @@ def adapt_bundle(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("adapted bundle written to %s: %s", out, report)
-    return report

@@ -382,14 +382,17 @@ def adapt(
     overwrite: bool = False,
     device: str | None = None,
     seed: int = 0,
+    align: bool = True,
+    unlabelled: bool = False,
 ) -> None:
     """Teach the detector a new lab's look from a few labelled fields; writes an adapted bundle at OUT.
 
-    Fine-tunes both stages briefly (with up to 8 fields of ``--replay`` mixed in against forgetting),
-    adds the new fields' mitoses, mimics and stage-1 false positives to the reference bank, and refits
-    the candidate threshold, the calibration and the operating threshold on the new fields
-    (leave-one-field-out). ``detect --bundle OUT`` and ``python -m monai.bundle run ... --bundle_root
-    OUT`` then use it as they use ``bundle/``.
+    First shifts stage 1's BatchNorm statistics from the bundle's own look (``--replay``, else the bundle's
+    ``samples/``) to the new fields' (no label used; ``--unlabelled`` stops there, so unannotated fields suffice).
+    Then fine-tunes both stages briefly (with up to 8 fields of ``--replay`` mixed in against forgetting), adds the
+    new fields' mitoses, mimics and stage-1 false positives to the reference bank, and refits the candidate
+    threshold, the calibration and the operating threshold on the new fields (leave-one-field-out). ``detect
+    --bundle OUT`` and ``python -m monai.bundle run ... --bundle_root OUT`` then use it as they use ``bundle/``.
 
     Typical usage::
 
@@ -401,10 +404,13 @@ def adapt(
         bundle: the bundle to adapt (default: ``checkpoints.DEFAULT_BUNDLE``).
         section: the datalist section holding the labelled fields.
         epochs: fine-tuning epochs per stage (0: reference bank and calibration only, no gradient step).
-        replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning.
+        replay: a datalist of the original look (its ``training`` section) to mix into fine-tuning and
+            to align stage 1 from.
         overwrite: replace a non-empty ``out``.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         seed: seed of patch sampling and the reference k-means.
+        align: the stage-1 alignment first (``--noalign`` skips it).
+        unlabelled: the stage-1 alignment alone, from fields without annotations.
     """
     from mssn_monai.adapt import adapt_bundle
 
@@ -418,7 +424,12 @@ def adapt(
         overwrite=overwrite,
         device=_device(device),
         seed=seed,
+        align=align,
+        unlabelled=unlabelled,
     )
+    if unlabelled:
+        print(f"adapted bundle in {out}: stage 1 aligned to {report['fields']} fields, {report['seconds']:.0f} s")
+        return
     held_out = report.get("held_out_f1")
     print(
         f"adapted bundle in {out}: {report['fields']} fields, {report['mitoses']} mitoses, "

@@ -16,6 +16,7 @@ Usage::
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
     python scripts/loso.py styles --out runs/loso [--bundle B --name N]   # one bundle on every look's test fields
     python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2]       # adapt each fold to its held-out look
+    python scripts/loso.py align --out runs/loso [--fields 8]      # no label: stage 1 aligned to the held-out look
 
 ``all`` does the three steps, training the folds ``--parallel`` at a time (each fold is one
 ``python -m monai.bundle run training`` process, 6 stage-1 and 60 stage-2 epochs of 2048 patches).
@@ -174,9 +175,52 @@ def styles(out: str, bundle: str | None = None, name: str = "shipped") -> list[d
     return rows
 
 
+def align(out: str, fields: int = 8, holdouts: str | tuple[str, ...] | None = None) -> list[dict]:
+    """The row without labels: each fold's bundle, stage 1 aligned (``adapt --unlabelled``) to ``fields``
+    training fields of its held-out look with their annotations removed, scored on that look's test
+    fields. The fold's own training fields are the source look. Prints the table (as ``table``) and
+    writes ``OUT/loso_align.json``; each fold's row also goes to ``OUT/folds/<look>/align/row.json``.
+    """
+    from mssn_monai.adapt import adapt_bundle
+    from mssn_monai.data.datalist import load_datalist, write_datalist
+
+    root, rows = Path(out), []
+    wanted = _wanted(holdouts)
+    for style in _styles():
+        fold = root / "folds" / style
+        work = fold / "align"
+        if style not in wanted or not (fold / "bundle" / "models" / "model.pt").is_file():
+            if (work / "row.json").is_file():
+                rows.append(json.loads((work / "row.json").read_text()))
+            continue
+        target = [
+            {key: r[key] for key in ("image", "spacing", "group") if key in r}
+            for r in load_datalist(root / "data" / style / "datalist.json", "training")[:fields]
+        ]
+        write_datalist({"training": target}, work / "unlabelled.json")
+        t0 = time.perf_counter()
+        adapt_bundle(
+            work / "unlabelled.json", work / "bundle", bundle=fold / "bundle", replay=fold / "datalist.json",
+            unlabelled=True, overwrite=True,
+        )  # fmt: skip
+        row = {"holdout": style, "seconds_align": time.perf_counter() - t0}
+        row.update(score_bundle(work / "bundle", fold / "datalist.json"))
+        (work / "row.json").write_text(json.dumps(row, indent=2) + "\n")
+        rows.append(row)
+    _print(rows)
+    Path(out, "loso_align.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def _wanted(holdouts: str | tuple[str, ...] | None) -> list[str]:
+    if holdouts is None:
+        return _styles()
+    return list(holdouts.split(",") if isinstance(holdouts, str) else holdouts)
+
+
 def adapt(
     out: str, k: int = 4, epochs: int = 2, forget_style: str = "default", forget_fields: int = 8,
-    holdouts: str | tuple[str, ...] | None = None,
+    holdouts: str | tuple[str, ...] | None = None, align: bool = True,
 ) -> list[dict]:  # fmt: skip
     """``adapt`` each trained fold's bundle to its held-out look with ``k`` labelled fields of that look.
 
@@ -186,19 +230,18 @@ def adapt(
     fine-tuning with the fold's own training fields as replay). Forgetting: F1 on ``forget_fields`` test
     fields of ``forget_style`` (``shifted`` for the fold that holds that look out) after 1+2+3 minus before.
     ``holdouts`` limits the run to those folds (comma-separated); each fold's row is also written to
-    ``OUT/folds/<look>/adapt_k<k>/row.json``, and the table gathers every fold's row found. Prints the
-    table and writes ``OUT/loso_adapt.json``.
+    ``OUT/folds/<look>/adapt_k<k>/row.json`` (``adapt_k<k>_noalign`` with ``--noalign``: ``adapt``
+    without its stage-1 alignment), and the table gathers every fold's row found. Prints the table and
+    writes ``OUT/loso_adapt.json``.
     """
     from mssn_monai.adapt import adapt_bundle
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root, rows = Path(out), []
-    wanted = (
-        _styles() if holdouts is None else [h for h in (holdouts.split(",") if isinstance(holdouts, str) else holdouts)]
-    )
+    wanted = _wanted(holdouts)
     for style in _styles():
         fold = root / "folds" / style
-        work = fold / f"adapt_k{k}"
+        work = fold / (f"adapt_k{k}" if align else f"adapt_k{k}_noalign")
         if style not in wanted or not (fold / "bundle" / "models" / "model.pt").is_file():
             if (work / "row.json").is_file():
                 rows.append(json.loads((work / "row.json").read_text()))
@@ -217,7 +260,7 @@ def adapt(
             t0 = time.perf_counter()
             adapt_bundle(
                 work / "labelled.json", work / name, bundle=fold / "bundle", epochs=ep,
-                replay=fold / "datalist.json", overwrite=True,
+                replay=fold / "datalist.json", overwrite=True, align=align,
             )  # fmt: skip
             row[f"seconds_{name}"] = time.perf_counter() - t0
             row[f"f1_{name}"] = score_bundle(work / name, fold / "datalist.json")["f1"]
@@ -277,6 +320,7 @@ if __name__ == "__main__":
             "table": table,
             "styles": styles,
             "adapt": adapt,
+            "align": align,
             "all": all,
             "score": score_bundle,
         }

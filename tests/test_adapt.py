@@ -56,8 +56,15 @@ def test_adapt_writes_a_bundle_detect_uses(pale, tmp_path, capsys):
     n_old = shipped.detector.fpr.references.shape[0]
     assert adapted.detector.fpr.references.shape[0] > n_old
     assert torch.equal(adapted.detector.fpr.references[:n_old], shipped.detector.fpr.references)
-    for name, value in shipped.detector.fnr.state_dict().items():  # stage 1 untouched without fine-tuning
-        assert torch.equal(adapted.detector.fnr.state_dict()[name], value), name
+    # without fine-tuning stage 1 keeps its weights; its BatchNorm statistics moved to the pale look
+    assert report["aligned"] and report["alignment_source_fields"] == 8  # the bundle's samples/
+    moved = []
+    for name, value in shipped.detector.fnr.state_dict().items():
+        if name.endswith(("running_mean", "running_var")):
+            moved.append(not torch.equal(adapted.detector.fnr.state_dict()[name], value))
+        else:
+            assert torch.equal(adapted.detector.fnr.state_dict()[name], value), name
+    assert moved and all(moved)
     config = json.loads((out / "configs" / "inference.json").read_text())
     assert config["candidate_threshold"] == report["candidate_threshold"]
     assert float(adapted.detector.candidate_threshold) == report["candidate_threshold"]
@@ -79,7 +86,32 @@ def test_adapt_writes_a_bundle_detect_uses(pale, tmp_path, capsys):
     np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["no_mitoses", "missing_image", "existing_out", "no_weights", "bad_epochs"])
+def test_adapt_unlabelled_aligns_stage1_only(pale, tmp_path, capsys):
+    records = json.loads(pale.read_text())["training"]
+    bare = [{"image": str((pale.parent / r["image"]).resolve()), "spacing": r["spacing"]} for r in records]
+    (tmp_path / "bare.json").write_text(json.dumps({"training": bare}))
+    out = tmp_path / "aligned"
+    main(["adapt", "--datalist", str(tmp_path / "bare.json"), "--out", str(out), "--unlabelled"])
+    assert f"stage 1 aligned to {len(bare)} fields" in capsys.readouterr().out
+    report = json.loads((out / "adapt_report.json").read_text())
+    assert report["aligned"] and report["mitoses"] == 0 and "seconds_fine_tune" not in report
+    shipped, aligned = load_detector(), load_detector(out)
+    for name, value in shipped.detector.fpr.state_dict().items():  # stage 2, its bank and thresholds: unchanged
+        assert torch.equal(aligned.detector.fpr.state_dict()[name], value), name
+    assert float(aligned.detector.candidate_threshold) == float(shipped.detector.candidate_threshold)
+    fnr_a, fnr_s = aligned.detector.fnr.state_dict(), shipped.detector.fnr.state_dict()
+    assert any(not torch.equal(fnr_a[k], v) for k, v in fnr_s.items() if k.endswith("running_mean"))
+    # aligning the bundle to its own look (its samples as the new fields) leaves stage 1 as it was
+    same = tmp_path / "same"
+    main(["adapt", "--datalist", str(DEFAULT_BUNDLE / "samples" / "datalist.json"), "--section", "testing",
+          "--out", str(same), "--unlabelled"])  # fmt: skip
+    for name, value in fnr_s.items():
+        torch.testing.assert_close(load_detector(same).detector.fnr.state_dict()[name], value, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case", ["no_mitoses", "missing_image", "existing_out", "no_weights", "bad_epochs", "no_source", "noalign"]
+)
 def test_adapt_bad_input_one_line_nothing_written(pale, tmp_path, case):
     datalist, out, bundle = pale, tmp_path / "out", DEFAULT_BUNDLE
     records = json.loads(pale.read_text())["training"]
@@ -102,6 +134,15 @@ def test_adapt_bad_input_one_line_nothing_written(pale, tmp_path, case):
             (bundle / "configs" / f.name).write_bytes(f.read_bytes())
     elif case == "bad_epochs":
         extra = ["--epochs", "-1"]
+    elif case == "no_source":  # --unlabelled with a bundle that has weights but no samples/, and no --replay
+        bundle = tmp_path / "bare_bundle"
+        for part in ("configs", "models"):
+            (bundle / part).mkdir(parents=True)
+            for f in (DEFAULT_BUNDLE / part).glob("*.*"):
+                (bundle / part / f.name).write_bytes(f.read_bytes())
+        extra = ["--unlabelled"]
+    elif case == "noalign":
+        extra = ["--unlabelled", "--noalign"]
     cmd = [sys.executable, "-m", "mssn_monai", "adapt", "--datalist", str(datalist), "--out", str(out)]
     r = subprocess.run([*cmd, "--bundle", str(bundle), *extra], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]
