@@ -9,7 +9,8 @@ written as the next version ``vNNNN`` under the versions folder, next to the ear
 
 Request params (defaults in ``/info``): ``epochs`` (or MONAI Label's ``max_epochs``; 0 = reference bank
 and calibration only), ``device`` (``cpu`` unless given), ``samples_per_epoch``, ``per_class``,
-``spacing`` (um/px for images whose datastore info has no ``spacing``), ``seed``.
+``spacing`` (um/px for images whose datastore info has no ``spacing``), ``seed``, ``align`` (step 0 of
+``adapt``, stage 1's BatchNorm statistics moved to the labelled images' look; ``false`` skips it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.train import TrainTask
 
 from lib.core import datalist_records, next_version_dir, version_dirs, write_datalist
+from mssn_monai.cli_args import as_flag
 from mssn_monai.constants import DEFAULT_SPACING_UM
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class MSSNAdaptTrain(TrainTask):
             "per_class": 8,
             "spacing": DEFAULT_SPACING_UM,
             "seed": 0,
+            "align": True,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -96,6 +99,7 @@ class MSSNAdaptTrain(TrainTask):
                 per_class=int(params["per_class"]),
                 device=str(params["device"]),
                 seed=int(params["seed"]),
+                align=as_flag(params["align"], "align"),
             )
         report = {**report, "datalist": [r["image"] for r in records], "version": out.name}
         (out / "adapt_report.json").write_text(json.dumps(report, indent=1))
