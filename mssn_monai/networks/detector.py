@@ -64,6 +64,13 @@ PLATEAU_MARGIN_CELLS = 8
 footprint, so plateaus of saturated probability across a block edge (a mitosis is 5-15 um, 5-15 cells at
 0.25 um/px) are seen whole from both sides."""
 
+WHOLE_FIELD_MAX_PX = 3072 * 3072
+"""A field held in memory (a numpy array) of at most this many pixels is converted and stain-normalised
+once, as a whole (float32: 113 MB at the limit), and its blocks and vote boxes are cut from that: the
+overlaps between blocks' patch context and vote boxes are not normalised again. Normalisation is pixel
+by pixel, so the crops are the same numbers either way. Larger fields, and lazily read ones, are
+converted block by block as they are read (bounded memory)."""
+
 
 def _check_image(image: torch.Tensor) -> None:
     """Raise ``ValueError`` unless ``image`` is ``(3, H, W)`` with ``H, W >= 1``."""
@@ -435,17 +442,22 @@ class FieldDetector:
         if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"image must be (H, W, 3) RGB with H, W >= 1, got shape {tuple(image.shape)}.")
         norm, device = self.normalizer, self._device
-        if norm is None:
-            return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
-        if not (hasattr(norm, "fit_field") and hasattr(norm, "apply")):  # an opaque normaliser: the whole field
-            field = self.prepare(image)
-            return lambda y0, y1, x0, x1: field[:, y0:y1, x0:x1]
-        fitted = norm.fit_field(image if fit_on is None else fit_on)
-        if fitted is None:  # the normaliser's fallback: the field unchanged
-            return lambda y0, y1, x0, x1: hwc_to_chw_float(image[y0:y1, x0:x1]).to(device)
-        return lambda y0, y1, x0, x1: torch.as_tensor(norm.apply(hwc_to_chw_float(image[y0:y1, x0:x1]), fitted)).to(
-            device
-        )
+        whole = isinstance(image, np.ndarray) and image.shape[0] * image.shape[1] <= WHOLE_FIELD_MAX_PX
+        if norm is not None and not (hasattr(norm, "fit_field") and hasattr(norm, "apply")):
+            whole, convert = True, lambda x: torch.as_tensor(norm(x))  # an opaque normaliser: the whole field
+        elif norm is None or (fitted := norm.fit_field(image if fit_on is None else fit_on)) is None:
+            convert = None  # no normaliser, or its fallback: the field unchanged
+        else:
+            convert = lambda x: torch.as_tensor(norm.apply(x, fitted))  # noqa: E731 - pixel by pixel
+
+        def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+            x = hwc_to_chw_float(image[y0:y1, x0:x1])
+            return (x if convert is None else convert(x)).to(device)
+
+        if not whole:
+            return read
+        field = read(0, int(image.shape[0]), 0, int(image.shape[1]))
+        return lambda y0, y1, x0, x1: field[:, y0:y1, x0:x1]
 
     def _blocks(self, n_rows: int, n_cols: int) -> list[tuple[int, int, int, int]]:
         """The blocks ``(row0, rows, col0, cols)`` in map cells, in raster order."""

@@ -318,3 +318,18 @@ def test_detect_blocks_each_on_its_own_equal_the_whole_field(shipped, crop_with_
     np.testing.assert_array_equal(alone[(i, j)]["detections"], parts[(i, j)]["detections"])
     with pytest.raises(ValueError, match="outside the"):
         list(fields.detect_blocks(image, 0.2455, blocks=[(grid[0], 0)]))
+
+
+def test_a_field_normalised_once_equals_one_normalised_block_by_block(shipped, crop_with_mitosis, monkeypatch):
+    """A small in-memory field is stain-normalised once and cropped from; a large one block by block as it is
+    read: normalisation is pixel by pixel, so both give exactly the same detections."""
+    import mssn_monai.networks.detector as detector_module
+    from mssn_monai.transforms import NormalizeHEStain
+
+    fields = FieldDetector(_small_tiles(shipped), NormalizeHEStain(), block_px=128)
+    once = fields(crop_with_mitosis, 0.2455)
+    monkeypatch.setattr(detector_module, "WHOLE_FIELD_MAX_PX", 0)
+    streamed = fields(crop_with_mitosis, 0.2455)
+    assert len(once["candidates"]) > 0
+    for key, value in streamed.items():
+        np.testing.assert_array_equal(once[key], value, err_msg=key)
