@@ -151,6 +151,7 @@ def candidates(
     spacing: float | None = None,
     threshold: float | None = None,
     device: str | None = None,
+    bf16: bool = False,
 ) -> None:
     """Stage 1 alone: write the FNR candidates of every image as ``OUT/<image stem>.csv`` (``x,y,score``).
 
@@ -168,11 +169,13 @@ def candidates(
         spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
         threshold: candidate probability threshold (default: the bundle's ``candidate_threshold``, 0.5).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
+        bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
     """
     from mssn_monai.checkpoints import load_detector
 
     spacing = _spacing(spacing)
     fields = load_detector(bundle, _device(device))
+    fields.stage1_bf16 = bool(bf16)
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold!r}")
@@ -188,6 +191,7 @@ def detect(
     spacing: float | None = None,
     overlay: bool = False,
     device: str | None = None,
+    bf16: bool = False,
 ) -> None:
     """Two-stage MSSN detection: per image ``OUT/<stem>.csv`` (``x,y,score``), ``.geojson`` (QuPath) and ``.json``.
 
@@ -205,12 +209,14 @@ def detect(
         spacing: pixel spacing in um/px (default ``DEFAULT_SPACING_UM``, 0.2456).
         overlay: also write ``<stem>_overlay.png`` with the detections drawn.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
+        bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
     """
     from mssn_monai.checkpoints import load_detector
     from mssn_monai.outputs import write_detection_outputs
 
     spacing = _spacing(spacing)
     fields = load_detector(bundle, _device(device))
+    fields.stage1_bf16 = bool(bf16)
     counts: list[tuple[str, int, float]] = []
     for stem, image in _each_image(input, out, "detect", lazy=not overlay):
         summary = write_detection_outputs(stem, image, fields(image, spacing), spacing, fields.settings, overlay)
@@ -234,6 +240,7 @@ def slide(
     device: str | None = None,
     progress: bool = True,
     reader: str = "auto",
+    bf16: bool = False,
 ) -> None:
     """Whole slide: mitoses over the tissue, the hotspot, the mitotic score, and one report per slide.
 
@@ -269,6 +276,7 @@ def slide(
         progress: show the progress bar.
         reader: ``auto`` (OpenSlide for its own formats and for TIFFs tifffile cannot decode tile by
             tile, tifffile for the others), ``tifffile`` or ``openslide``.
+        bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
     """
     from mssn_monai.checkpoints import load_detector
     from mssn_monai.io import remove_stale_temporaries
@@ -278,6 +286,7 @@ def slide(
     if spacing is not None:
         spacing = _spacing(spacing)
     fields = load_detector(bundle, _device(device))
+    fields.stage1_bf16 = bool(bf16)
     remove_stale_temporaries(out) if Path(out).is_dir() else None
     run = detect_slide(
         input, out, fields, spacing=spacing, level=level, resume=resume, progress=progress, reader=reader

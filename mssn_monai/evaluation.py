@@ -340,13 +340,18 @@ def write_evaluation(
 
 
 def score_bundle(
-    bundle: str | os.PathLike | None, datalist: str | os.PathLike, section: str = "testing", device: str | None = None
+    bundle: str | os.PathLike | None,
+    datalist: str | os.PathLike,
+    section: str = "testing",
+    device: str | None = None,
+    stage1_bf16: bool = False,
 ) -> dict[str, Any]:
     """A bundle's detector on a labelled datalist section: stage 1 and the final detections in one pass.
 
     Runs the bundle's ``FieldDetector`` once per field with every voted candidate kept, then scores:
     stage-1 recall and candidates per field, precision / recall / F1 at the bundle's own operating
-    threshold, and the best F1 over thresholds in hindsight (what calibration costs).
+    threshold, and the best F1 over thresholds in hindsight (what calibration costs). ``stage1_bf16``
+    runs stage 1 in bfloat16 (:class:`~mssn_monai.networks.detector.FieldDetector`).
 
     Returns:
         ``{"fields", "mitoses", "stage1_recall", "candidates_per_field", "precision", "recall", "f1",
@@ -360,6 +365,7 @@ def score_bundle(
     from mssn_monai.keys import DetectionKeys
 
     fields = load_detector(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fields.stage1_bf16 = bool(stage1_bf16)
     operating = float(fields.detector.operating_threshold())
     fields.detector.threshold_override = 0.0  # every voted candidate, for the sweep
     records = load_datalist(datalist, section)

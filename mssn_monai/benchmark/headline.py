@@ -3,7 +3,8 @@
 Every number comes from the bundle's detector as users run it (:func:`mssn_monai.checkpoints.load_detector`:
 stain normalisation, both stages), after a warm-up run, as the median of ``repeats`` runs where stated:
 
-- ``field_seconds``: both stages on one synthetic 2084x2084 field (median of ``repeats``).
+- ``field_seconds``: both stages on one synthetic 2084x2084 field (median of ``repeats``);
+  ``field_seconds_bf16`` the same with stage 1 in bfloat16 (``--bf16`` of ``detect``).
 - ``stage1_seconds``: the dense FNR alone on that field (median of ``repeats``).
 - ``naive_ratio``: the same FNR weights run patch by patch (``classify_patches`` on 120x120 patches,
   one per map cell, batches of 64) on ``naive_cells`` cells, extrapolated to the field's
@@ -100,6 +101,9 @@ def run_benchmark(
     results["field_candidates"] = int(len(out["candidates"]))
     stage1_s, _ = _median(lambda: fields.fused_map(image), repeats, sync)
     results["stage1_seconds"] = stage1_s
+    fields.stage1_bf16 = True  # the opt-in: stage 1 in bfloat16, stage 2 float32
+    results["field_seconds_bf16"], _ = _median(lambda: fields(image, spacing), repeats, sync)
+    fields.stage1_bf16 = False
 
     # naive: one 120x120 patch per map cell, same weights, same stride
     fnr = fields.detector.fnr
