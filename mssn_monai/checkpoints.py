@@ -175,7 +175,10 @@ def stain_normalizer(parser: Any) -> Any:
 
 
 def load_detector(
-    bundle: str | os.PathLike | None = None, device: str | torch.device = "cpu", normalize: bool = True
+    bundle: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    normalize: bool = True,
+    stage1_bf16: bool = False,
 ) -> Any:
     """The bundle's detector as a :class:`~mssn_monai.networks.detector.FieldDetector`.
 
@@ -186,6 +189,7 @@ def load_detector(
         bundle: the bundle folder (default: ``checkpoints.DEFAULT_BUNDLE``).
         device: where to run.
         normalize: use the bundle's stain normalisation when its config enables it.
+        stage1_bf16: stage 1 in bfloat16 (:class:`~mssn_monai.networks.detector.FieldDetector`).
 
     Raises:
         FileNotFoundError: missing config or weights.
@@ -199,4 +203,5 @@ def load_detector(
     detector = load_network(weights, config, "network_def", device)
     if detector.fpr.references.shape[0] == 0:
         raise ValueError(f"{weights}: stage 2 has no reference bank (untrained FPR); train with configs/train.json")
-    return FieldDetector(detector, stain_normalizer(bundle_config(config)) if normalize else None)
+    normalizer = stain_normalizer(bundle_config(config)) if normalize else None
+    return FieldDetector(detector, normalizer, stage1_bf16=stage1_bf16)

@@ -174,8 +174,7 @@ def candidates(
     from mssn_monai.checkpoints import load_detector
 
     spacing = _spacing(spacing)
-    fields = load_detector(bundle, _device(device))
-    fields.stage1_bf16 = bool(bf16)
+    fields = load_detector(bundle, _device(device), stage1_bf16=bool(bf16))
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold!r}")
@@ -215,8 +214,7 @@ def detect(
     from mssn_monai.outputs import write_detection_outputs
 
     spacing = _spacing(spacing)
-    fields = load_detector(bundle, _device(device))
-    fields.stage1_bf16 = bool(bf16)
+    fields = load_detector(bundle, _device(device), stage1_bf16=bool(bf16))
     counts: list[tuple[str, int, float]] = []
     for stem, image in _each_image(input, out, "detect", lazy=not overlay):
         summary = write_detection_outputs(stem, image, fields(image, spacing), spacing, fields.settings, overlay)
@@ -285,8 +283,7 @@ def slide(
 
     if spacing is not None:
         spacing = _spacing(spacing)
-    fields = load_detector(bundle, _device(device))
-    fields.stage1_bf16 = bool(bf16)
+    fields = load_detector(bundle, _device(device), stage1_bf16=bool(bf16))
     remove_stale_temporaries(out) if Path(out).is_dir() else None
     run = detect_slide(
         input, out, fields, spacing=spacing, level=level, resume=resume, progress=progress, reader=reader

@@ -364,8 +364,7 @@ def score_bundle(
     from mssn_monai.io import read_image_rgb
     from mssn_monai.keys import DetectionKeys
 
-    fields = load_detector(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    fields.stage1_bf16 = bool(stage1_bf16)
+    fields = load_detector(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"), stage1_bf16=stage1_bf16)
     operating = float(fields.detector.operating_threshold())
     fields.detector.threshold_override = 0.0  # every voted candidate, for the sweep
     records = load_datalist(datalist, section)

@@ -79,7 +79,10 @@ def test_mistyped_flag_keeps_an_existing_datalist(tmp_path, monkeypatch, capsys)
         (["prepare", "--format", "midogg", "--root", "r"], "did you mean 'midog'?"),
         (["detect", "--input", "i"], "--out: missing, 'detect' needs --out"),
         (["detect"], "--input: missing, 'detect' needs --input and --out"),
-        (["detect", "i", "o", "b", "0.25", "True", "cpu", "False", "extra"], "'extra': unexpected argument for 'detect'"),
+        (
+            ["detect", "i", "o", "b", "0.25", "True", "cpu", "False", "extra"],
+            "'extra': unexpected argument for 'detect'",
+        ),
         (["detect", "--input", "i", "--out", "--overlay"], "--out: expected a value after the flag, got none"),
         (["detect", "--input", "i", "--out", "o", "--overlay", "false"], "--overlay: expected True or False"),
         (["detect", "--input", "i", "--out", "o", "--nospacing"], "--nospacing: --spacing is not a true/false flag"),

@@ -609,7 +609,20 @@ class FieldDetector:
                 )
         m = self.peak_margin_cells(spacing_um)
         with torch.inference_mode(), _eval(det):
-            crop = self._reader(image, fit_on)
+            read = self._reader(image, fit_on)
+            last: list[Any] = [None]  # the window stage 1 read last: (y0, y1, x0, x1, pixels)
+
+            def crop(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
+                """``read``, but a window inside the one stage 1 read last is cut from it (the vote box of
+                the same block: not read and normalised again; the same numbers)."""
+                if last[0] is not None:
+                    wy0, wy1, wx0, wx1, pixels = last[0]
+                    if wy0 <= y0 and y1 <= wy1 and wx0 <= x0 and x1 <= wx1:
+                        return pixels[:, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+                pixels = read(y0, y1, x0, x1)
+                last[0] = (y0, y1, x0, x1, pixels)
+                return pixels
+
             for i, j in todo:
                 r0, c0 = i * bc, j * bc
                 rows, cols = min(bc, n_rows - r0), min(bc, n_cols - c0)

@@ -343,3 +343,30 @@ def test_stage1_in_bfloat16_moves_the_map_by_little(shipped, sample):
     diff = (a - b).abs()
     assert float(diff.max()) > 0 and float(diff.mean()) < 0.005  # bfloat16 did run, and stays close on average
     assert bf16.settings["stage1_bf16"] is True and fp32.settings["stage1_bf16"] is False
+
+
+class _CountingReader:
+    """A lazily read field (not a numpy array) that counts the windows read from it."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image, self.shape, self.ndim, self.windows = image, image.shape, image.ndim, 0
+
+    def __getitem__(self, key):
+        self.windows += 1
+        return self.image[key]
+
+
+def test_detect_blocks_reads_each_block_once(shipped, crop_with_mitosis):
+    """The vote box of a block is cut from the window its stage 1 read (not read and normalised again)."""
+    from mssn_monai.transforms import NormalizeHEStain
+
+    fields = FieldDetector(_small_tiles(shipped), NormalizeHEStain(), block_px=128)
+    lazy = _CountingReader(crop_with_mitosis)
+    got = dict(fields.detect_blocks(lazy, 0.2455))
+    # the stain fit's subsample, then at most one window per block (a window inside the last one is cut from it)
+    assert sum(len(r["candidates"]) > 0 for r in got.values()) >= 2 and lazy.windows <= 1 + len(got)
+    ref = dict(fields.detect_blocks(crop_with_mitosis, 0.2455))
+    assert any(len(r["candidates"]) for r in ref.values())
+    for block, result in ref.items():
+        for key, value in result.items():
+            np.testing.assert_array_equal(got[block][key], value, err_msg=f"{block} {key}")
