@@ -17,6 +17,7 @@ Usage::
     python scripts/loso.py styles --out runs/loso [--bundle B --name N]   # one bundle on every look's test fields
     python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2]       # adapt each fold to its held-out look
     python scripts/loso.py align --out runs/loso [--fields 8]      # no label: stage 1 aligned to the held-out look
+    python scripts/loso.py align --out runs/loso --bundle bundle    # the same for one bundle on every look
 
 ``all`` does the three steps, training the folds ``--parallel`` at a time (each fold is one
 ``python -m monai.bundle run training`` process, 6 stage-1 and 60 stage-2 epochs of 2048 patches).
@@ -175,11 +176,18 @@ def styles(out: str, bundle: str | None = None, name: str = "shipped") -> list[d
     return rows
 
 
-def align(out: str, fields: int = 8, holdouts: str | tuple[str, ...] | None = None) -> list[dict]:
+def align(
+    out: str, fields: int = 8, holdouts: str | tuple[str, ...] | None = None, bundle: str | None = None,
+    name: str = "shipped",
+) -> list[dict]:  # fmt: skip
     """The row without labels: each fold's bundle, stage 1 aligned (``adapt --unlabelled``) to ``fields``
     training fields of its held-out look with their annotations removed, scored on that look's test
     fields. The fold's own training fields are the source look. Prints the table (as ``table``) and
     writes ``OUT/loso_align.json``; each fold's row also goes to ``OUT/folds/<look>/align/row.json``.
+
+    With ``--bundle B`` one bundle (its ``samples/`` as the source look) is aligned to each look in
+    turn instead of the folds: rows in ``OUT/aligned_<name>/<look>/row.json``, table in
+    ``OUT/aligned_<name>.json``.
     """
     from mssn_monai.adapt import adapt_bundle
     from mssn_monai.data.datalist import load_datalist, write_datalist
@@ -188,8 +196,10 @@ def align(out: str, fields: int = 8, holdouts: str | tuple[str, ...] | None = No
     wanted = _wanted(holdouts)
     for style in _styles():
         fold = root / "folds" / style
-        work = fold / "align"
-        if style not in wanted or not (fold / "bundle" / "models" / "model.pt").is_file():
+        work = fold / "align" if bundle is None else root / f"aligned_{name}" / style
+        source = (fold / "bundle") if bundle is None else Path(bundle)
+        scored = (fold / "datalist.json") if bundle is None else (root / "data" / style / "datalist.json")
+        if style not in wanted or not (source / "models" / "model.pt").is_file():
             if (work / "row.json").is_file():
                 rows.append(json.loads((work / "row.json").read_text()))
             continue
@@ -200,15 +210,16 @@ def align(out: str, fields: int = 8, holdouts: str | tuple[str, ...] | None = No
         write_datalist({"training": target}, work / "unlabelled.json")
         t0 = time.perf_counter()
         adapt_bundle(
-            work / "unlabelled.json", work / "bundle", bundle=fold / "bundle", replay=fold / "datalist.json",
-            unlabelled=True, overwrite=True,
+            work / "unlabelled.json", work / "bundle", bundle=source,
+            replay=(fold / "datalist.json") if bundle is None else None, unlabelled=True, overwrite=True,
         )  # fmt: skip
         row = {"holdout": style, "seconds_align": time.perf_counter() - t0}
-        row.update(score_bundle(work / "bundle", fold / "datalist.json"))
+        row.update(score_bundle(work / "bundle", scored))
         (work / "row.json").write_text(json.dumps(row, indent=2) + "\n")
         rows.append(row)
     _print(rows)
-    Path(out, "loso_align.json").write_text(json.dumps(rows, indent=2) + "\n")
+    table_file = "loso_align.json" if bundle is None else f"aligned_{name}.json"
+    Path(out, table_file).write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
