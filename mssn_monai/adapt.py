@@ -58,6 +58,9 @@ CANDIDATE_THRESHOLDS = (0.5, 0.4, 0.3, 0.2)
 ALIGN_TILE_PX = 1024
 """Side of the whole-field tiles stage 1's BatchNorm statistics are measured on (pixels)."""
 
+ALIGN_TILES_PER_IMAGE = 16
+"""At most this many tiles of one image are measured (spread over it): a large region costs 16 tiles."""
+
 
 def leave_one_field_out_threshold(
     gts: Sequence[np.ndarray], dets: Sequence[np.ndarray], radii: Sequence[float]
@@ -223,18 +226,22 @@ def _fine_tune(
     return seconds
 
 
-def _tiles(fields: Any, images: Sequence[np.ndarray], tile: int = ALIGN_TILE_PX) -> Iterator[torch.Tensor]:
-    """Each image as the detector sees it (stain-normalised), cut into ``tile``-px squares that cover it
-    (the last row and column moved inward so every tile is whole): ``(1, 3, tile, tile)`` float, or the
-    whole image when it is smaller."""
+def _tiles(
+    fields: Any, images: Sequence[np.ndarray], tile: int = ALIGN_TILE_PX, per_image: int = ALIGN_TILES_PER_IMAGE
+) -> Iterator[torch.Tensor]:
+    """Each image as the detector sees it (stain-normalised), as ``tile``-px squares: the grid that covers
+    it (the last row and column moved inward so every tile is whole), at most ``per_image`` of them spread
+    evenly over the grid, each read and normalised on its own (a large region is never converted whole).
+    ``(1, 3, tile, tile)`` float, or the whole image when it is smaller."""
     for image in images:
-        field = fields.prepare(image)
-        h, w = int(field.shape[-2]), int(field.shape[-1])
+        crop = fields.reader(image)
+        h, w = int(image.shape[0]), int(image.shape[1])
         ys = sorted({min(y, max(h - tile, 0)) for y in range(0, h, tile)})
         xs = sorted({min(x, max(w - tile, 0)) for x in range(0, w, tile)})
-        for y in ys:
-            for x in xs:
-                yield field[:, y : y + tile, x : x + tile].unsqueeze(0)
+        grid = [(y, x) for y in ys for x in xs]
+        for k in np.unique(np.round(np.linspace(0, len(grid) - 1, min(per_image, len(grid)))).astype(int)):
+            y, x = grid[int(k)]
+            yield crop(y, min(y + tile, h), x, min(x + tile, w)).unsqueeze(0)
 
 
 def align_stage1(fields: Any, source: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> None:

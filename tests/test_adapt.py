@@ -175,3 +175,20 @@ def test_replay_fields_spread_over_the_datalist():
     assert [r["image"] for r in _spread(recs, 4)] == ["0", "3", "6", "9"]
     assert _spread(recs, 20) == recs and _spread(recs, 0) == [] and _spread([], 3) == []
     assert [r["image"] for r in _spread(recs, 1)] == ["0"]
+
+
+def test_alignment_tiles_are_whole_spread_and_bounded():
+    from mssn_monai.adapt import ALIGN_TILE_PX, ALIGN_TILES_PER_IMAGE, _tiles
+
+    fields = load_detector()
+    rng = np.random.default_rng(0)
+    big = rng.integers(120, 230, size=(5000, 4500, 3), dtype=np.uint8)  # 5 x 5 tile positions, read window by window
+    small = rng.integers(120, 230, size=(300, 500, 3), dtype=np.uint8)
+    tiles = list(_tiles(fields, [big, small]))
+    assert len(tiles) == ALIGN_TILES_PER_IMAGE + 1
+    assert all(t.shape == (1, 3, ALIGN_TILE_PX, ALIGN_TILE_PX) for t in tiles[:-1])
+    assert tiles[-1].shape == (1, 3, 300, 500)
+    # the first and last grid positions are among those measured, and a tile equals that window normalised alone
+    crop = fields.reader(big)
+    torch.testing.assert_close(tiles[0][0], crop(0, ALIGN_TILE_PX, 0, ALIGN_TILE_PX))
+    torch.testing.assert_close(tiles[ALIGN_TILES_PER_IMAGE - 1][0], crop(3976, 5000, 3476, 4500))

@@ -442,13 +442,14 @@ class FieldDetector:
             field = torch.as_tensor(self.normalizer(field))
         return field.to(self._device)
 
-    def _reader(
+    def reader(
         self, image: np.ndarray, fit_on: np.ndarray | None = None
     ) -> Callable[[int, int, int, int], torch.Tensor]:
         """``crop(y0, y1, x0, x1)``: that window of ``image`` as the detector sees it, converted on demand.
 
         The stain statistics are fitted on ``fit_on`` (a sample of the field, e.g. tissue tiles of a
-        slide) when given, else on the field's regular subsample.
+        slide) when given, else on the field's regular subsample. A field in memory of at most
+        :data:`WHOLE_FIELD_MAX_PX` is converted once and cut; a larger or lazily read one window by window.
         """
         if image.ndim != 3 or image.shape[-1] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"image must be (H, W, 3) RGB with H, W >= 1, got shape {tuple(image.shape)}.")
@@ -609,7 +610,7 @@ class FieldDetector:
                 )
         m = self.peak_margin_cells(spacing_um)
         with torch.inference_mode(), _eval(det):
-            read = self._reader(image, fit_on)
+            read = self.reader(image, fit_on)
             last: list[Any] = [None]  # the window stage 1 read last: (y0, y1, x0, x1, pixels)
 
             def crop(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
@@ -647,7 +648,7 @@ class FieldDetector:
     def fused_map(self, image: np.ndarray) -> torch.Tensor:
         """The fused stage-1 map of one field, ``(ceil(H / 4), ceil(W / 4))`` float32 on the detector's device."""
         with torch.inference_mode(), _eval(self.detector):
-            return self._fused_map(self._reader(image), image.shape[0], image.shape[1])
+            return self._fused_map(self.reader(image), image.shape[0], image.shape[1])
 
     def candidates(self, image: np.ndarray, spacing_um: float) -> np.ndarray:
         """Stage-1 candidates of one field: ``(N, 3)`` float64 rows ``x, y, fused probability``."""
@@ -657,7 +658,7 @@ class FieldDetector:
         """Both stages on one field: :meth:`MSSNDetector.detect`'s keys as numpy (float64 numbers, bool masks)."""
         h, w = image.shape[0], image.shape[1]
         with torch.inference_mode(), _eval(self.detector):
-            crop = self._reader(image)
+            crop = self.reader(image)
             candidates = self.detector.peaks(self._fused_map(crop, h, w), float(spacing_um))
             out = self.detector.decide(candidates, *self._vote(crop, h, w, candidates))
         return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
