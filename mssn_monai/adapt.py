@@ -238,9 +238,7 @@ def _tiles(
         h, w = int(image.shape[0]), int(image.shape[1])
         ys = sorted({min(y, max(h - tile, 0)) for y in range(0, h, tile)})
         xs = sorted({min(x, max(w - tile, 0)) for x in range(0, w, tile)})
-        grid = [(y, x) for y in ys for x in xs]
-        for k in np.unique(np.round(np.linspace(0, len(grid) - 1, min(per_image, len(grid)))).astype(int)):
-            y, x = grid[int(k)]
+        for y, x in _spread([(y, x) for y in ys for x in xs], per_image):
             yield crop(y, min(y + tile, h), x, min(x + tile, w)).unsqueeze(0)
 
 
@@ -273,13 +271,13 @@ def _source_records(src: Path, replay_records: list[dict[str, Any]], n: int) -> 
     return _spread([r for name in sections for r in load_datalist(samples, name)], n)
 
 
-def _spread(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """At most ``n`` of ``records``, evenly spaced over the list (first and last included), in order."""
-    if n <= 0 or not records:
+def _spread(items: list[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``items``, evenly spaced over the list (first and last included), in order."""
+    if n <= 0 or not items:
         return []
-    if len(records) <= n:
-        return records
-    return [records[i] for i in np.unique(np.round(np.linspace(0, len(records) - 1, n)).astype(int))]
+    if len(items) <= n:
+        return items
+    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))]
 
 
 def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> float:
@@ -427,6 +425,7 @@ def adapt_bundle(
             "samples/datalist.json; pass --replay DATALIST"
         )
     report["aligned"] = bool(source)
+    source_images: list[np.ndarray] = []
     if source:
         t0 = time.perf_counter()
         source_images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in source]
@@ -446,7 +445,10 @@ def adapt_bundle(
     new_emb, new_cls = _bank_embeddings(fields, images, records, seed)
     refs, cls = build_reference_bank(new_emb, new_cls, per_class, normalize=fields.detector.fpr.normalize, seed=seed)
     if epochs > 0 and replay_records:  # the old references were embedded by the old weights: re-embed the old look
-        replay_images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in replay_records]
+        if source is replay_records:  # read once already, for the alignment
+            replay_images = source_images
+        else:
+            replay_images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in replay_records]
         emb, c = _bank_embeddings(fields, replay_images, replay_records, seed)
         old_refs = build_reference_bank(emb, c, per_class, normalize=fields.detector.fpr.normalize, seed=seed)
     elif epochs > 0:
