@@ -13,6 +13,7 @@ Usage::
     python scripts/loso.py train --out runs/loso --holdout pale [--epochs 6 --fpr-epochs 60] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
     python scripts/loso.py table --out runs/loso
+    python scripts/loso.py refit --out runs/loso      # folds trained before 0.10: threshold refit per look
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
     python scripts/loso.py styles --out runs/loso [--bundle B --name N]   # one bundle on every look's test fields
     python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2]       # adapt each fold to its held-out look
@@ -99,12 +100,19 @@ def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int 
     training += load_datalist(root / "data" / "random_train" / "datalist.json", "training")
     validation = []
     for name in [f"{style}_val" for style in _styles()] + ["random"]:
-        validation += load_datalist(root / "data" / name / "datalist.json", "validation")
+        look = name.removesuffix("_val")
+        validation += _with_domain(load_datalist(root / "data" / name / "datalist.json", "validation"), look)
     path = root / "family" / "datalist.json"
     write_datalist({"training": training, "validation": validation}, path)
     n_mitoses = sum(len(r["mitoses"]) for r in training)
     print(f"{path}: {len(training)} training fields ({n_mitoses} mitoses), {len(validation)} validation fields")
     return path
+
+
+def _with_domain(records: list[dict], look: str) -> list[dict]:
+    """The records, each naming its look as its ``domain``: the operating threshold then weighs every look
+    the same (:func:`mssn_monai.handlers.best_operating_threshold`)."""
+    return [{**r, "domain": look} for r in records]
 
 
 def _fold_datalist(out: Path, holdout: str) -> Path:
@@ -118,7 +126,7 @@ def _fold_datalist(out: Path, holdout: str) -> Path:
             sections["testing"] += load_datalist(dl, "testing")
         else:
             sections["training"] += load_datalist(dl, "training")
-            sections["validation"] += load_datalist(dl, "validation")
+            sections["validation"] += _with_domain(load_datalist(dl, "validation"), style)
     write_datalist(sections, fold / "datalist.json")
     return fold
 
@@ -144,6 +152,40 @@ def train(out: str, holdout: str, epochs: int = 6, fpr_epochs: int = 60, workers
     seconds = time.perf_counter() - t0
     (fold / "train_seconds.txt").write_text(f"{seconds:.1f}\n")
     return seconds
+
+
+def refit(out: str, holdouts: str | tuple[str, ...] | None = None) -> list[dict]:
+    """Refit each trained fold's calibration and operating threshold as training now fits them, then ``table``.
+
+    The fold's datalist is written again (its validation records naming their look as ``domain``, so
+    every look weighs the same in the threshold's F1) and :class:`mssn_monai.handlers.FitOperatingPoint`
+    runs on those validation fields; the weights and the reference bank stay. The fold's bundle before
+    the first refit is kept as ``OUT/folds/<look>/bundle_pooled`` and ``OUT/loso.json`` as
+    ``OUT/loso_pooled.json``. Nothing of the held-out look is read before ``table``.
+    """
+    from mssn_monai.checkpoints import load_detector, save_state_dict
+    from mssn_monai.constants import MODEL_FILE, TORCHSCRIPT_FILE
+    from mssn_monai.data.datalist import load_datalist
+    from mssn_monai.handlers import FitOperatingPoint
+
+    root = Path(out).resolve()
+    if (root / "loso.json").is_file() and not (root / "loso_pooled.json").is_file():
+        shutil.copy2(root / "loso.json", root / "loso_pooled.json")
+    for style in _wanted(holdouts):
+        bundle = root / "folds" / style / "bundle"
+        if not (bundle / "models" / MODEL_FILE).is_file():
+            continue
+        if not (root / "folds" / style / "bundle_pooled").is_dir():
+            shutil.copytree(bundle, root / "folds" / style / "bundle_pooled")
+        fold = _fold_datalist(root, style)
+        fields = load_detector(bundle, "cpu")
+        results = FitOperatingPoint(fields.detector, load_datalist(fold / "datalist.json", "validation"),
+                                    normalizer=fields.normalizer).fit()  # fmt: skip
+        save_state_dict(fields.detector, bundle / "models" / MODEL_FILE)
+        (bundle / "models" / TORCHSCRIPT_FILE).unlink(missing_ok=True)
+        threshold, f1 = results["fields_operating_threshold"], results["fields_f1"]
+        print(f"fold {style}: operating threshold {threshold:.3f}, validation F1 {f1:.3f}", flush=True)
+    return table(out)
 
 
 def table(out: str) -> list[dict]:
@@ -329,6 +371,7 @@ if __name__ == "__main__":
             "family": family,
             "train": train,
             "table": table,
+            "refit": refit,
             "styles": styles,
             "adapt": adapt,
             "align": align,
