@@ -7,6 +7,9 @@ pyramidal TIFF, or with the ``openslide`` extra any slide OpenSlide reads
 1. **Tissue** on a thumbnail (a low pyramid level): :func:`mssn_monai.ops.tissue.tissue_mask` (Otsu on
    saturation, small holes filled). Blocks of the detector's grid (2048 px at the detection level) that
    hold tissue, or lie within :data:`TISSUE_MARGIN_UM` of it, are processed; the others are not read.
+   Inside a block, stage 1 runs only over the bounding box of the map cells within
+   :data:`TISSUE_MARGIN_UM` of tissue (:func:`mssn_monai.ops.tissue.mask_cells`), and candidates are
+   proposed only on those cells: the glass around tissue islands is not computed.
 2. **Stain statistics** once per slide, on a mosaic of up to 16 tissue tiles of 512x512 px spread over
    the slide (:func:`stain_sample`), the way a field's come from its regular subsample.
 3. **Blocks** through :meth:`FieldDetector.detect_blocks`: each block with its map and patch context,
@@ -33,7 +36,7 @@ import numpy as np
 
 from mssn_monai.data.slides import Slide, open_slide
 from mssn_monai.io import read_json, write_json
-from mssn_monai.ops.tissue import mask_blocks, tissue_mask
+from mssn_monai.ops.tissue import mask_blocks, mask_cells, tissue_mask
 
 __all__ = ["TISSUE_MARGIN_UM", "RECORD_VERSION", "detect_slide", "stain_sample", "tissue_blocks", "SlideRun"]
 
@@ -42,7 +45,8 @@ logger = logging.getLogger(__name__)
 TISSUE_MARGIN_UM = 50.0
 """A block within this distance of tissue on the thumbnail is processed too (the mask is coarse)."""
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+"""2 since 0.10.0: stage 1 runs on tissue cells only (records of version 1 are refused on ``--resume``)."""
 
 
 class SlideRun(dict):
@@ -164,11 +168,12 @@ def detect_slide(
     if max_blocks is not None:
         remaining = remaining[: int(max_blocks)]
     image = slide.level_image(level)
+    cells = mask_cells(mask, scale, fields.detector.output_stride * ds, TISSUE_MARGIN_UM / slide.spacing_um)
     inner_bar, fields.detector.progress = fields.detector.progress, False  # one bar: blocks, with the ETA
     try:
         fit_on = stain_sample(image, grid, block_px)
         with tqdm(total=len(todo), initial=len(done), desc=stem, unit="block", disable=not progress) as bar:
-            for (i, j), result in fields.detect_blocks(image, spacing_l, blocks=remaining, fit_on=fit_on):
+            for (i, j), result in fields.detect_blocks(image, spacing_l, remaining, fit_on, cells):
                 det = np.asarray(result["detections"], dtype=np.float64).reshape(-1, 3)
                 done[f"{i},{j}"] = [[float(x) * ds, float(y) * ds, float(p)] for x, y, p in det]
                 write_json(record_path, {**key, "blocks": done}, indent=None)  # atomic: temporary file, rename

@@ -259,10 +259,11 @@ class _DarkestPixel:
     def __init__(self):
         from types import SimpleNamespace
 
-        self.detector = SimpleNamespace(progress=False)
+        self.detector = SimpleNamespace(progress=False, output_stride=4)
 
-    def detect_blocks(self, image, spacing_um, blocks, fit_on=None):
+    def detect_blocks(self, image, spacing_um, blocks, fit_on=None, cells=None):
         assert fit_on is not None and fit_on.dtype == np.uint8
+        assert cells(0, 2, 0, 3).shape == (2, 3)  # the tissue cells of the slide's map grid
         for i, j in blocks:
             y0, x0 = max(0, i * self.block_px - 16), max(0, j * self.block_px - 16)
             window = image[y0 : (i + 1) * self.block_px + 16, x0 : (j + 1) * self.block_px + 16]

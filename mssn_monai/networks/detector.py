@@ -514,6 +514,25 @@ class FieldDetector:
         local[:, 1] -= y0
         return det.vote(crop(y0, y1, x0, x1), local)
 
+    def _masked_cells(
+        self, crop: Callable, h: int, w: int, area: tuple[int, int, int, int], cells: Callable
+    ) -> torch.Tensor:
+        """The fused map's cells ``area = (r0, r1, c0, c1)`` times ``cells``' mask of them, computing stage 1
+        only over the bounding box of the allowed cells (nothing is read when there are none)."""
+        r0, r1, c0, c1 = area
+        allowed = torch.as_tensor(np.asarray(cells(r0, r1, c0, c1), dtype=bool), device=self._device)
+        if tuple(allowed.shape) != (r1 - r0, c1 - c0):
+            raise ValueError(
+                f"cells({r0}, {r1}, {c0}, {c1}) must be a ({r1 - r0}, {c1 - c0}) mask, got {tuple(allowed.shape)}"
+            )
+        fused = torch.zeros(allowed.shape, dtype=torch.float32, device=self._device)
+        rows, cols = torch.nonzero(allowed.any(dim=1)).flatten(), torch.nonzero(allowed.any(dim=0)).flatten()
+        if rows.numel() == 0:
+            return fused
+        br0, br1, bc0, bc1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        fused[br0:br1, bc0:bc1] = self._stage1_cells(crop, h, w, r0 + br0, br1 - br0, c0 + bc0, bc1 - bc0)
+        return fused * allowed
+
     def _fused_map(self, crop: Callable, h: int, w: int) -> torch.Tensor:
         s = self.detector.output_stride
         n_rows, n_cols = -(-h // s), -(-w // s)
@@ -569,6 +588,7 @@ class FieldDetector:
         spacing_um: float,
         blocks: Iterable[tuple[int, int]] | None = None,
         fit_on: np.ndarray | None = None,
+        cells: Callable[[int, int, int, int], np.ndarray] | None = None,
     ) -> Iterator[tuple[tuple[int, int], dict[str, np.ndarray]]]:
         """Both stages, block by block, each block on its own: memory bounded by a block, whatever the field.
 
@@ -589,6 +609,12 @@ class FieldDetector:
             blocks: ``(i, j)`` indices of the blocks to run (default: all, in raster order).
             fit_on: ``(h, w, 3)`` uint8 sample to fit the stain statistics on (default: the field's
                 regular subsample, :meth:`~mssn_monai.transforms.NormalizeHEStain.fit_field`).
+            cells: where stage 1 may propose candidates (e.g. tissue of a slide): ``cells(r0, r1, c0, c1)``
+                is the ``(r1 - r0, c1 - c0)`` bool mask of map cells ``[r0, r1) x [c0, c1)`` (cell ``(r, c)``
+                is the patch centred at pixel ``(4c, 4r)``). The fused map is then the map times this
+                mask: each block computes stage 1 only over the bounding box of its allowed cells (a
+                block with none is not read at all), and its candidates are the peaks of the masked
+                map, the same whichever blocks ran. ``None``: every cell.
 
         Yields:
             ``((i, j), result)`` per block, ``result`` as :meth:`__call__`'s (field coordinates).
@@ -629,7 +655,10 @@ class FieldDetector:
                 rows, cols = min(bc, n_rows - r0), min(bc, n_cols - c0)
                 er0, ec0 = max(0, r0 - m), max(0, c0 - m)
                 er1, ec1 = min(n_rows, r0 + rows + m), min(n_cols, c0 + cols + m)
-                fused = self._stage1_cells(crop, h, w, er0, er1 - er0, ec0, ec1 - ec0)
+                if cells is None:
+                    fused = self._stage1_cells(crop, h, w, er0, er1 - er0, ec0, ec1 - ec0)
+                else:
+                    fused = self._masked_cells(crop, h, w, (er0, er1, ec0, ec1), cells)
                 peaks = det.peaks(fused, float(spacing_um)).double()
                 pr = torch.round(peaks[:, 1] / s).long() + er0
                 pc = torch.round(peaks[:, 0] / s).long() + ec0
@@ -638,7 +667,12 @@ class FieldDetector:
                 candidates[:, 0] += s * ec0
                 candidates[:, 1] += s * er0
                 box = (s * r0, s * (r0 + rows), s * c0, s * (c0 + cols))
-                voted, votes, probability = self._vote_box(crop, h, w, box, candidates)
+                if cells is not None:  # only the candidates' box: inside the window stage 1 read, not read again
+                    box = _points_box(candidates, box)
+                if box is None:
+                    voted, votes, probability = det.vote(torch.zeros(3, 1, 1, device=self._device), candidates)
+                else:
+                    voted, votes, probability = self._vote_box(crop, h, w, box, candidates)
                 out = det.decide(candidates, voted, votes, probability)
                 yield (
                     (i, j),
@@ -662,6 +696,17 @@ class FieldDetector:
             candidates = self.detector.peaks(self._fused_map(crop, h, w), float(spacing_um))
             out = self.detector.decide(candidates, *self._vote(crop, h, w, candidates))
         return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
+
+
+def _points_box(points: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    """The pixel box ``(y0, y1, x0, x1)`` of ``points`` (``x, y`` rows, rounded as the vote rounds them),
+    within ``box``; ``None`` when there are no points."""
+    if points.shape[0] == 0:
+        return None
+    centres = torch.floor(points[:, :2].double() + 0.5).long()
+    y0, y1 = int(centres[:, 1].min()), int(centres[:, 1].max()) + 1
+    x0, x1 = int(centres[:, 0].min()), int(centres[:, 0].max()) + 1
+    return max(y0, box[0]), min(y1, box[1]), max(x0, box[2]), min(x1, box[3])
 
 
 @contextlib.contextmanager

@@ -171,6 +171,9 @@ class SiameseEmbedding(nn.Module):
         margin: the contrastive-loss margin in embedding units, > 0; the similarity reaches 0 there.
             Use the same value (one config id) for the loss.
         chunk_size: patches per forward pass in :meth:`embed` and in ``MSSNDetector.vote`` (bounds memory).
+            The default 64 keeps a pass's activations in a CPU's cache: on the 2-core development
+            machine a 2084x2084 field with 165 candidates (both stages) took 1.19 s with 64 against
+            1.64 s with 512, with the same votes; on a GPU a larger chunk may be faster.
 
     Raises:
         ValueError: on a non-positive width, size or chunk, an empty ``channels``, a non-positive margin
@@ -191,7 +194,7 @@ class SiameseEmbedding(nn.Module):
         convs_per_stage: int = 1,
         normalize: bool = True,
         margin: float = 1.0,
-        chunk_size: int = 512,
+        chunk_size: int = 64,
     ) -> None:
         super().__init__()
         if isinstance(channels, (str, int)) or len(channels) == 0:

@@ -12,9 +12,11 @@ numpy / scipy / scikit-image only; no IO.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["saturation", "tissue_mask", "mask_blocks"]
+__all__ = ["saturation", "tissue_mask", "mask_blocks", "mask_cells"]
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -95,3 +97,38 @@ def mask_blocks(mask: np.ndarray, scale: float, block_px: int, size: tuple[int, 
     for a, b, c, d in set(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist(), strict=True)):
         out[a : b + 1, c : d + 1] = True
     return out
+
+
+def mask_cells(
+    mask: np.ndarray, scale: float, cell_px: float, margin_px: float = 0.0
+) -> Callable[[int, int, int, int], np.ndarray]:
+    """Which cells of a fine level-0 grid lie on or near tissue, window by window.
+
+    Args:
+        mask: ``(h, w)`` tissue mask of a thumbnail.
+        scale: level-0 pixels per mask pixel (the thumbnail's downsample).
+        cell_px: level-0 pixels per cell; cell ``(r, c)`` is the point ``(c * cell_px, r * cell_px)``.
+        margin_px: a cell also counts when tissue lies within this many level-0 pixels of it (measured on
+            the mask, in whole mask pixels).
+
+    Returns:
+        ``cells(r0, r1, c0, c1)``: the ``(r1 - r0, c1 - c0)`` bool mask of cells ``[r0, r1) x [c0, c1)``,
+        each the value of the (widened) mask pixel holding its point (points beyond the mask take the
+        nearest edge pixel's value).
+    """
+    from scipy import ndimage
+
+    near = np.asarray(mask, dtype=bool)
+    if margin_px > 0 and near.any():
+        near = ndimage.distance_transform_edt(~near) <= float(margin_px) / float(scale)
+    h, w = near.shape
+    step = float(cell_px) / float(scale)
+
+    def cells(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        ys = np.floor(np.arange(r0, r1) * step).astype(np.int64).clip(0, max(h - 1, 0))
+        xs = np.floor(np.arange(c0, c1) * step).astype(np.int64).clip(0, max(w - 1, 0))
+        if h == 0 or w == 0:
+            return np.zeros((len(ys), len(xs)), dtype=bool)
+        return near[np.ix_(ys, xs)]
+
+    return cells

@@ -370,3 +370,34 @@ def test_detect_blocks_reads_each_block_once(shipped, crop_with_mitosis):
     for block, result in ref.items():
         for key, value in result.items():
             np.testing.assert_array_equal(got[block][key], value, err_msg=f"{block} {key}")
+
+
+def test_detect_blocks_on_allowed_cells_only(shipped, crop_with_mitosis):
+    """With a mask of allowed map cells (a slide's tissue), stage 1 runs over the bounding box of each block's
+    allowed cells and proposes candidates there only: every cell allowed gives exactly the unmasked result;
+    the left half allowed gives the same candidates well inside it and none outside; a block with no allowed
+    cell is not read at all."""
+    image = crop_with_mitosis
+    fields = FieldDetector(_small_tiles(shipped), block_px=128)
+    ref = dict(fields.detect_blocks(image, 0.2455))
+    every = dict(fields.detect_blocks(image, 0.2455, cells=lambda r0, r1, c0, c1: np.ones((r1 - r0, c1 - c0), bool)))
+    for block, result in ref.items():
+        for key, value in result.items():
+            np.testing.assert_array_equal(every[block][key], value, err_msg=f"{block} {key}")
+    half_px = 4 * (image.shape[1] // 8)  # the allowed cells: x < half_px
+
+    def left(r0, r1, c0, c1):
+        return np.broadcast_to(4 * np.arange(c0, c1) < half_px, (r1 - r0, c1 - c0))
+
+    masked = dict(fields.detect_blocks(image, 0.2455, cells=left))
+    cand_ref = np.concatenate([r["candidates"] for r in ref.values()])
+    cand = np.concatenate([r["candidates"] for r in masked.values()])
+    assert len(cand) and (cand[:, 0] < half_px).all()
+    inner = cand_ref[cand_ref[:, 0] < half_px - 40]  # farther than a peak's reach from the mask's edge
+    assert len(inner) and len(cand_ref) > len(inner)
+    np.testing.assert_allclose(_by_position(cand[cand[:, 0] < half_px - 40]), _by_position(inner), atol=1e-6)
+    lazy = _CountingReader(image)
+    none = dict(fields.detect_blocks(lazy, 0.2455, cells=lambda r0, r1, c0, c1: np.zeros((r1 - r0, c1 - c0), bool)))
+    assert lazy.windows == 0 and all(len(r["candidates"]) == len(r["detections"]) == 0 for r in none.values())
+    with pytest.raises(ValueError, match="must be a"):
+        list(fields.detect_blocks(image, 0.2455, cells=lambda r0, r1, c0, c1: np.ones((2, 2), bool)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mssn_monai.ops.tissue import mask_blocks, saturation, tissue_mask
+from mssn_monai.ops.tissue import mask_blocks, mask_cells, saturation, tissue_mask
 
 
 def _drawn() -> np.ndarray:
@@ -43,3 +43,20 @@ def test_mask_blocks():
     assert blocks.tolist() == [[True, False, False], [False, False, False], [False, False, True]]
     grown = mask_blocks(mask, scale=16, block_px=64, size=(160, 160), margin_px=50)
     assert grown[1, 1] and grown[0, 1] and not grown[0, 2]
+
+
+def test_mask_cells_samples_the_widened_mask_at_each_cell_point():
+    mask = np.zeros((4, 4), dtype=bool)
+    mask[1, 2] = True
+    cells = mask_cells(mask, scale=8.0, cell_px=4.0)  # a mask pixel is 8 level-0 px, a cell 4: two cells per pixel
+    expected = np.zeros((8, 8), dtype=bool)
+    expected[2:4, 4:6] = True
+    np.testing.assert_array_equal(cells(0, 8, 0, 8), expected)
+    window = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], dtype=bool)  # col 8 is past the mask: its last column
+    np.testing.assert_array_equal(cells(3, 5, 5, 9), window)
+    near = mask_cells(mask, scale=8.0, cell_px=8.0, margin_px=8.0)  # one mask pixel of margin: a plus
+    plus = np.zeros((4, 4), dtype=bool)
+    plus[[0, 1, 1, 1, 2], [2, 1, 2, 3, 2]] = True
+    np.testing.assert_array_equal(near(0, 4, 0, 4), plus)
+    assert near(2, 6, 3, 7).shape == (4, 4)  # cells beyond the mask take the edge pixel's value
+    assert not mask_cells(np.zeros((3, 3), bool), 8.0, 4.0, margin_px=50.0)(0, 5, 0, 5).any()
