@@ -64,6 +64,7 @@ def test_icpr2012_centroids_groups_spacing(tmp_path):
     assert [r["mimics"] for r in records] == [[], [], []]
     assert [r["group"] for r in records] == ["A00_v2", "A00_v2", "H01_v2"]
     assert [r["spacing"] for r in records] == [0.2456, 0.2456, 0.2273]
+    assert [r["domain"] for r in records] == ["aperio", "aperio", "hamamatsu"]  # the scanner weighs in validation
     assert {r["spacing"] for r in read_icpr2012(tmp_path, spacing=0.5)} == {0.5}
     assert [r["group"] for r in read_icpr2012(tmp_path / "H01_v2")] == ["H01_v2"]  # root = one slide
 
@@ -135,6 +136,7 @@ def test_mitos_atypia14_points_confidence_groups(tmp_path):
     assert records[2]["mitoses"] == [[64.0, 48.0]] and records[2]["mitosis_confidence"] == [1.0]
     assert [r["group"] for r in records] == ["Training Aperio/A03", "Training Aperio/A03", "Training Hamamatsu/H03"]
     assert [r["spacing"] for r in records] == [0.2455, 0.2455, 0.2273]
+    assert [r["domain"] for r in records] == ["aperio", "aperio", "hamamatsu"]
     # root may be one top folder or one slide folder
     assert len(read_mitos_atypia14(tmp_path / "Training Aperio")) == 2
     assert [r["group"] for r in read_mitos_atypia14(tmp_path / "Training Hamamatsu" / "H03")] == [
@@ -294,6 +296,7 @@ def test_midog_bbox_centres_and_categories(tmp_path):
     assert records[1]["mitoses"] == [[25.5, 15.0]] and records[1]["mimics"] == []
     assert [r["group"] for r in records] == ["001.tiff", "002.tiff"]
     assert {r["spacing"] for r in records} == {0.25}
+    assert records[0]["domain"] == "human breast cancer" and "domain" not in records[1]  # tumor_type, when given
 
 
 def test_midog_categories_by_name_then_id_and_case_group(tmp_path):
@@ -400,3 +403,18 @@ def test_cli_prepare_unknown_format(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--format: unknown format 'midogg'" in lines[0] and "did you mean 'midog'" in lines[0]
     assert not (tmp_path / "d.json").exists()
+
+
+def test_scanner_unknown_needs_spacing_and_names_no_domain(tmp_path):
+    """A scanner the names do not tell: refused without ``spacing``; with it, records carry no ``domain``."""
+    _tiff(tmp_path / "icpr" / "X00_v2" / "X00_01.bmp")
+    _text(tmp_path / "icpr" / "X00_v2" / "X00_01.csv", "")
+    with pytest.raises(ValueError, match="cannot tell the scanner"):
+        read_icpr2012(tmp_path / "icpr")
+    assert "domain" not in read_icpr2012(tmp_path / "icpr", spacing=0.25)[0]
+    slide = tmp_path / "mitos" / "Training Other" / "S01"
+    _tiff(slide / "frames" / "x40" / "S01_00.tiff")
+    _text(slide / "mitosis" / "S01_00_mitosis.csv", "")
+    with pytest.raises(ValueError, match="cannot tell the scanner"):
+        read_mitos_atypia14(tmp_path / "mitos")
+    assert "domain" not in read_mitos_atypia14(tmp_path / "mitos", spacing=0.25)[0]

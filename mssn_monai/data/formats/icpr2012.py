@@ -17,7 +17,9 @@ Decisions:
       An empty CSV means the field has no mitosis.
     - ``group`` is the slide folder (path relative to ``root``, e.g. ``A00_v2``).
     - The scanner, hence the default spacing, comes from the first letter of the slide folder
-      (``A`` Aperio 0.2456 um/px, ``H`` Hamamatsu 0.2273 um/px), or else of the field name.
+      (``A`` Aperio 0.2456 um/px, ``H`` Hamamatsu 0.2273 um/px), or else of the field name. It is also
+      each record's ``domain`` (``aperio`` / ``hamamatsu``), so validation fields of both scanners weigh
+      the same when the operating threshold is chosen.
 """
 
 from __future__ import annotations
@@ -36,24 +38,36 @@ from mssn_monai.data.formats._common import (
     reject_annotations,
 )
 from mssn_monai.io import image_size
+from mssn_monai.keys import DatalistKeys
 
-__all__ = ["ICPR2012_SPACING_UM", "read_icpr2012"]
+__all__ = ["ICPR2012_SCANNERS", "ICPR2012_SPACING_UM", "read_icpr2012"]
 
 ICPR2012_SPACING_UM = {"A": 0.2456, "H": 0.2273}
 """Default pixel spacing in um/px by scanner letter: ``A`` = Aperio XT, ``H`` = Hamamatsu NanoZoomer."""
 
+ICPR2012_SCANNERS = {"A": "aperio", "H": "hamamatsu"}
+"""Each record's ``domain`` by scanner letter (as MITOS-ATYPIA-14's records name theirs)."""
+
 _SCANNER_RE = re.compile(r"^([AH])\d\d", re.IGNORECASE)
 
 
-def _scanner_spacing(image: Path) -> float:
+def _scanner(image: Path) -> str | None:
+    """``A`` (Aperio) or ``H`` (Hamamatsu) from the folder or file name; ``None`` when neither tells."""
     for name in (image.parent.name, image.stem):
         match = _SCANNER_RE.match(name)
         if match:
-            return ICPR2012_SPACING_UM[match.group(1).upper()]
-    raise ValueError(
-        f"{image}: cannot tell the scanner from the folder name {image.parent.name!r} (expected A.. for Aperio "
-        "or H.. for Hamamatsu, e.g. A00_v2); pass spacing explicitly"
-    )
+            return match.group(1).upper()
+    return None
+
+
+def _scanner_spacing(image: Path) -> float:
+    scanner = _scanner(image)
+    if scanner is None:
+        raise ValueError(
+            f"{image}: cannot tell the scanner from the folder name {image.parent.name!r} (expected A.. for Aperio "
+            "or H.. for Hamamatsu, e.g. A00_v2); pass spacing explicitly"
+        )
+    return ICPR2012_SPACING_UM[scanner]
 
 
 def _read_field(image: Path, root: Path, spacing: float | None) -> dict[str, Any]:
@@ -76,7 +90,9 @@ def _read_field(image: Path, root: Path, spacing: float | None) -> dict[str, Any
         mitoses.append([sum(xs) / len(xs), sum(ys) / len(ys)])
     folder = image.parent
     group = folder.relative_to(root).as_posix() if folder != root else folder.name
-    return make_record(image, mitoses, [], spacing if spacing is not None else _scanner_spacing(image), group)
+    scanner = _scanner(image)
+    domain = {DatalistKeys.DOMAIN: ICPR2012_SCANNERS[scanner]} if scanner is not None else {}
+    return make_record(image, mitoses, [], spacing if spacing is not None else _scanner_spacing(image), group, **domain)
 
 
 def read_icpr2012(
@@ -94,7 +110,8 @@ def read_icpr2012(
 
     Returns:
         One record per field, sorted by path: ``{"image": absolute path, "mitoses": [[x, y], ...],
-        "mimics": [], "spacing": um/px, "group": slide folder}``.
+        "mimics": [], "spacing": um/px, "group": slide folder, "domain": "aperio" | "hamamatsu"}`` (no
+        ``domain`` when the names do not tell the scanner).
 
     Raises:
         FileNotFoundError: ``root`` does not exist, or a field has no CSV.

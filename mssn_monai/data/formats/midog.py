@@ -23,6 +23,8 @@ Decisions:
       data set), and its ``width`` / ``height`` must match the file.
     - Spacing defaults to 0.25 um/px for every image: the JSON does not give it, and the MIDOG scanners
       differ (0.23 / 0.23 / 0.25 / 0.26 um/px), so pass ``spacing`` when all images come from one scanner.
+    - An image's ``tumor_type`` (MIDOG++) is its record's ``domain``, so validation images of every tumour
+      type weigh the same when the operating threshold is chosen; without it there is no ``domain``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from mssn_monai.data.formats._common import check_point, check_root, check_spacing, make_record
 from mssn_monai.io import image_size, read_json
+from mssn_monai.keys import DatalistKeys
 
 __all__ = ["MIDOG_SPACING_UM", "MIDOG_DATABASES", "read_midog"]
 
@@ -139,7 +142,7 @@ def read_midog(
 
     Returns:
         One record per image listed in the JSON, in JSON order: ``{"image", "mitoses", "mimics",
-        "spacing", "group"}``.
+        "spacing", "group"}``, and ``"domain"`` (its ``tumor_type``) where the JSON gives one.
 
     Raises:
         FileNotFoundError: ``root``, the database or a listed image does not exist.
@@ -174,6 +177,8 @@ def read_midog(
             )
         group = next((str(entry[k]) for k in _GROUP_FIELDS if entry.get(k) is not None), entry["file_name"])
         images[entry["id"]] = {"path": path, "size": size, "group": group, "mitoses": [], "mimics": []}
+        if entry.get("tumor_type") is not None:
+            images[entry["id"]]["domain"] = str(entry["tumor_type"])
 
     annotations_list = data.get("annotations", [])
     if not isinstance(annotations_list, list):
@@ -204,4 +209,14 @@ def read_midog(
         image[role].append([x, y])
 
     value = spacing if spacing is not None else MIDOG_SPACING_UM
-    return [make_record(im["path"], im["mitoses"], im["mimics"], value, im["group"]) for im in images.values()]
+    return [
+        make_record(
+            im["path"],
+            im["mitoses"],
+            im["mimics"],
+            value,
+            im["group"],
+            **({DatalistKeys.DOMAIN: im["domain"]} if "domain" in im else {}),
+        )  # fmt: skip
+        for im in images.values()
+    ]

@@ -20,6 +20,8 @@ Decisions:
     - ``group`` is ``"<top folder>/<slide>"`` (slide names repeat between Training and Testing).
     - The scanner, hence the default spacing, comes from the folder names: a path part containing
       ``Aperio`` (0.2455 um/px) or ``Hamamatsu`` (0.2273 um/px), or else a slide named ``A..`` / ``H..``.
+      It is also each record's ``domain`` (``aperio`` / ``hamamatsu``), so validation frames of both
+      scanners weigh the same when the operating threshold is chosen.
 """
 
 from __future__ import annotations
@@ -52,19 +54,27 @@ MITOS_ATYPIA14_SPACING_UM = {"aperio": 0.2455, "hamamatsu": 0.2273}
 _SLIDE_RE = re.compile(r"^([AH])\d\d", re.IGNORECASE)
 
 
-def _scanner_spacing(slide: Path) -> float:
+def _scanner(slide: Path) -> str | None:
+    """``aperio`` or ``hamamatsu`` from the folder names or the slide name (A.. / H..); ``None`` when neither tells."""
     for part in (slide, *slide.parents):
         name = part.name.lower()
-        for scanner, value in MITOS_ATYPIA14_SPACING_UM.items():
+        for scanner in MITOS_ATYPIA14_SPACING_UM:
             if scanner in name:
-                return value
+                return scanner
     match = _SLIDE_RE.match(slide.name)
     if match:
-        return MITOS_ATYPIA14_SPACING_UM["aperio" if match.group(1).upper() == "A" else "hamamatsu"]
-    raise ValueError(
-        f"{slide}: cannot tell the scanner (no 'Aperio' or 'Hamamatsu' in the folder names, slide not named "
-        "A.. or H..); pass spacing explicitly"
-    )
+        return "aperio" if match.group(1).upper() == "A" else "hamamatsu"
+    return None
+
+
+def _scanner_spacing(slide: Path) -> float:
+    scanner = _scanner(slide)
+    if scanner is None:
+        raise ValueError(
+            f"{slide}: cannot tell the scanner (no 'Aperio' or 'Hamamatsu' in the folder names, slide not named "
+            "A.. or H..); pass spacing explicitly"
+        )
+    return MITOS_ATYPIA14_SPACING_UM[scanner]
 
 
 def _read_points(csv: Path, image: Path, size: tuple[int, int]) -> tuple[list[list[float]], list[float]]:
@@ -101,6 +111,7 @@ def _read_frame(frame: Path, spacing: float | None) -> dict[str, Any]:
         spacing if spacing is not None else _scanner_spacing(slide),
         f"{slide.parent.name}/{slide.name}",
         **{DatalistKeys.MITOSIS_CONFIDENCE: mitosis_confidence, DatalistKeys.MIMIC_CONFIDENCE: mimic_confidence},
+        **({DatalistKeys.DOMAIN: scanner} if (scanner := _scanner(slide)) is not None else {}),
     )
 
 
@@ -119,7 +130,8 @@ def read_mitos_atypia14(
 
     Returns:
         One record per labelled frame, sorted by path: ``{"image", "mitoses", "mimics", "spacing", "group",
-        "mitosis_confidence", "mimic_confidence"}``.
+        "mitosis_confidence", "mimic_confidence", "domain"}`` (``domain``: ``aperio`` or ``hamamatsu``,
+        absent when the names do not tell the scanner).
 
     Raises:
         FileNotFoundError: ``root`` does not exist; a frame of a labelled slide has no ``_mitosis.csv``.
