@@ -1,0 +1,66 @@
+"""scripts/loso.py: the datalists of the leave-one-look-out folds and of the whole family (no training here)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from mssn_monai.data.datalist import load_datalist, write_datalist
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOKS = ["default", "shifted", "pale", "dark", "magenta", "faded"]
+
+
+@pytest.fixture(scope="module")
+def loso():
+    spec = importlib.util.spec_from_file_location("loso_script", ROOT / "scripts" / "loso.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _records(folder: Path, names: list[str]) -> list[dict]:
+    return [
+        {"image": str(folder / f"{n}.tiff"), "mitoses": [], "mimics": [], "spacing": 0.25, "group": n} for n in names
+    ]
+
+
+def _looks(out: Path) -> None:
+    """What ``loso.py data`` writes: per look 2 training, 1 validation and 2 test records."""
+    for look in LOOKS:
+        folder = out / "data" / look
+        sections = {
+            "training": _records(folder, [f"{look}_t0", f"{look}_t1"]),
+            "validation": _records(folder, [f"{look}_v0"]),
+            "testing": _records(folder, [f"{look}_x0", f"{look}_x1"]),
+        }
+        write_datalist(sections, folder / "datalist.json")
+
+
+def test_fold_trains_on_the_other_looks_and_names_each_validation_look(loso, tmp_path):
+    _looks(tmp_path)
+    fold = loso._fold_datalist(tmp_path, "pale")
+    training = load_datalist(fold / "datalist.json", "training")
+    validation = load_datalist(fold / "datalist.json", "validation")
+    testing = load_datalist(fold / "datalist.json", "testing")
+    assert len(training) == 10 and not any("pale" in r["group"] for r in training)
+    assert [r["domain"] for r in validation] == [look for look in LOOKS if look != "pale"]
+    assert [r["group"] for r in validation] == [f"{look}_v0" for look in LOOKS if look != "pale"]
+    assert [r["group"] for r in testing] == ["pale_x0", "pale_x1"]  # the held-out look: test fields only
+
+
+def test_family_trains_on_every_look_and_validates_on_new_fields_named_by_look(loso, tmp_path):
+    _looks(tmp_path)
+    extra = {"random_train": "training", "random": "validation", **{f"{look}_val": "validation" for look in LOOKS}}
+    for name, section in extra.items():  # already rendered: family() only gathers
+        folder = tmp_path / "data" / name
+        write_datalist({section: _records(folder, [f"{name}_0"])}, folder / "datalist.json")
+    path = loso.family(str(tmp_path))
+    training, validation = load_datalist(path, "training"), load_datalist(path, "validation")
+    assert len(training) == 6 * 3 + 1 and {r["group"] for r in training} >= {"random_train_0", "pale_v0"}
+    assert not any(r["group"].endswith(("_x0", "_x1")) for r in training + validation)  # test fields stay out
+    assert [(r["group"], r["domain"]) for r in validation] == [(f"{look}_val_0", look) for look in LOOKS] + [
+        ("random_0", "random")
+    ]
