@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from mssn_monai.constants import (
+    BLOCK_PX,
     CANDIDATE_THRESHOLD,
     DEFAULT_SPACING_UM,
     PEAK_SPACING_UM,
@@ -396,7 +397,8 @@ class FieldDetector:
     Args:
         detector: the two-stage detector (its weights loaded); put in eval mode here.
         normalizer: stain normaliser ``(3, H, W) float [0, 1] -> (3, H, W)`` applied first, or ``None``.
-        block_px: block side in pixels; a multiple of the detector's tile (``tile_px``), default one tile.
+        block_px: block side in pixels; a multiple of the detector's tile (``tile_px``); default
+            :data:`~mssn_monai.constants.BLOCK_PX` rounded down to a multiple of the tile (at least one tile).
         stage1_bf16: run stage 1's convolutions in bfloat16 (``torch.autocast``): about twice as fast on
             CPUs with AVX512-BF16 or AMX and on recent GPUs, slower where bfloat16 is emulated. The map
             moves by about 1e-3 in probability on average (up to 0.05 at a cell); stage 2 stays float32.
@@ -411,7 +413,7 @@ class FieldDetector:
         self, detector: MSSNDetector, normalizer: Any = None, block_px: int | None = None, stage1_bf16: bool = False
     ) -> None:
         tile_px = detector.tile_cells * detector.output_stride
-        block_px = tile_px if block_px is None else block_px
+        block_px = max(BLOCK_PX // tile_px, 1) * tile_px if block_px is None else block_px
         if isinstance(block_px, bool) or not isinstance(block_px, int) or block_px < tile_px or block_px % tile_px:
             raise ValueError(f"block_px must be a multiple of the detector's tile ({tile_px} px), got {block_px!r}.")
         self.detector = detector

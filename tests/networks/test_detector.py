@@ -275,7 +275,8 @@ def test_block_size_must_be_a_multiple_of_the_tile(shipped):
     for bad in (64, 200, 0, True, 256.0):
         with pytest.raises(ValueError, match="block_px"):
             FieldDetector(det, block_px=bad)
-    assert FieldDetector(det).block_px == 128
+    assert FieldDetector(det).block_px == 2048  # BLOCK_PX, a multiple of this detector's 128-px tile
+    assert FieldDetector(shipped).block_px == 2048 and shipped.tile_cells * 4 == 1024  # the shipped defaults
 
 
 def test_blocks_read_from_a_tiled_tiff_equal_the_array(shipped, crop_with_mitosis, tmp_path):
