@@ -47,17 +47,28 @@ class PrepareBatchClass:
     """``prepare_batch`` for stage 2: ``(image, class)`` from a ``PatchSampleDataset`` batch.
 
     The Siamese loss and the nearest-reference metrics need the three-way class (0 background,
-    1 mitosis, 2 mimic), not the binary ``label`` that stage 1 trains on.
+    1 mitosis, 2 mimic), not the binary ``label`` that stage 1 trains on. With ``domain_key`` the
+    target is ``(B, 2)``: class and domain index, for
+    :class:`~mssn_monai.losses.DomainAdversarialLoss`.
+
+    Args:
+        class_key: the batch key of the class.
+        domain_key: the batch key of the domain index (``"domain"``), or ``None`` for the class alone.
     """
 
-    def __init__(self, class_key: str = PatchKeys.CLASS) -> None:
+    def __init__(self, class_key: str = PatchKeys.CLASS, domain_key: str | None = None) -> None:
         self.class_key = class_key
+        self.domain_key = domain_key
 
     def __call__(
         self, batchdata: dict[str, Any], device: torch.device | str | None = None, non_blocking: bool = False, **kwargs
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.class_key not in batchdata:
-            raise KeyError(f"batch has no {self.class_key!r} (keys: {sorted(batchdata)})")
+        for key in (self.class_key, self.domain_key):
+            if key is not None and key not in batchdata:
+                raise KeyError(f"batch has no {key!r} (keys: {sorted(batchdata)})")
         image = batchdata[PatchKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
         classes = torch.as_tensor(batchdata[self.class_key]).reshape(-1).long().to(device=device)
-        return image, classes
+        if self.domain_key is None:
+            return image, classes
+        domains = torch.as_tensor(batchdata[self.domain_key]).reshape(-1).long().to(device=device)
+        return image, torch.stack([classes, domains], dim=1)

@@ -56,6 +56,8 @@ class PatchKeys:
     """``(2,)`` float32 ``(x, y)`` px: the patch's centre pixel in the image."""
     IMAGE_INDEX = "image_index"
     """``int``: index of the record the patch comes from."""
+    DOMAIN = "domain"
+    """``()`` int64: index of the record's ``domain`` in the dataset's ``domains`` (domain-adversarial training)."""
 
 
 class DetectionKeys:

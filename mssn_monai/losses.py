@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiScaleBCELoss", "MarginContrastiveLoss"]
+__all__ = ["MultiScaleBCELoss", "MarginContrastiveLoss", "DomainAdversarialLoss", "grad_reverse"]
 
 
 class MultiScaleBCELoss(nn.Module):
@@ -143,3 +144,69 @@ class MarginContrastiveLoss(nn.Module):
         if sim_cost.numel() == 0:
             return dis_cost.mean()
         return self.similar_weight * sim_cost.mean() + (1.0 - self.similar_weight) * dis_cost.mean()
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.weight * grad, None
+
+
+def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """The identity forward; the gradient times ``-weight`` backward (Ganin & Lempitsky's reversal layer)."""
+    return _GradReverse.apply(x, float(weight))
+
+
+class DomainAdversarialLoss(nn.Module):
+    """A stage-2 loss plus a domain classifier behind a gradient reversal (DANN; Ganin et al., JMLR 2016).
+
+    The MIDOG reference approach (Wilm et al. 2021) trains its detector this way on scanner labels: a
+    small head learns to tell the domain (scanner, lab, look) of each patch from its embedding, and the
+    reversed gradient pushes the embedding to hide it, so the classes are told apart by what every
+    domain shares. ``loss(embeddings, target)`` is ``base(embeddings, class) + CE(head(R(embeddings)),
+    domain)``, ``R`` the identity forward and ``-weight`` times the gradient backward; the head trains
+    on the plain cross-entropy. With ``weight`` 0, fewer than two domains or a ``(B,)`` target it is
+    ``base`` alone (the head is not run).
+
+    Args:
+        loss: the stage-2 loss, e.g. :class:`MarginContrastiveLoss`.
+        num_domains: how many domains the target's second column indexes (``PatchSampleDataset.domains``).
+        embedding_dim: ``D`` of the embeddings.
+        weight: the reversal's strength, >= 0.
+        hidden: width of the head's hidden layer.
+
+    Shapes:
+        ``embeddings``: ``(B, D)``; ``target``: ``(B, 2)`` int class and domain index (or ``(B,)`` class).
+    """
+
+    def __init__(
+        self, loss: nn.Module, num_domains: int, embedding_dim: int, weight: float = 0.0, hidden: int = 64
+    ) -> None:
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if int(num_domains) < 1 or int(embedding_dim) < 1 or int(hidden) < 1:
+            raise ValueError(
+                f"num_domains, embedding_dim and hidden must be >= 1, got {num_domains}, {embedding_dim}, {hidden}"
+            )
+        self.loss = loss
+        self.num_domains = int(num_domains)
+        self.weight = float(weight)
+        self.head = nn.Sequential(
+            nn.Linear(int(embedding_dim), int(hidden)), nn.ReLU(), nn.Linear(int(hidden), self.num_domains)
+        )
+
+    def forward(self, embeddings: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = torch.as_tensor(target, device=embeddings.device)
+        if target.ndim != 2 or target.shape[1] != 2:
+            return self.loss(embeddings, target)
+        base = self.loss(embeddings, target[:, 0])
+        if self.weight == 0 or self.num_domains < 2:
+            return base
+        logits = self.head(grad_reverse(embeddings, self.weight))
+        return base + F.cross_entropy(logits, target[:, 1].long())

@@ -96,8 +96,8 @@ def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int 
     training = []
     for style in _styles():
         dl = root / "data" / style / "datalist.json"
-        training += load_datalist(dl, "training") + load_datalist(dl, "validation")
-    training += load_datalist(root / "data" / "random_train" / "datalist.json", "training")
+        training += _with_domain(load_datalist(dl, "training") + load_datalist(dl, "validation"), style)
+    training += _with_domain(load_datalist(root / "data" / "random_train" / "datalist.json", "training"), "random")
     validation = []
     for name in [f"{style}_val" for style in _styles()] + ["random"]:
         look = name.removesuffix("_val")
@@ -110,8 +110,9 @@ def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int 
 
 
 def _with_domain(records: list[dict], look: str) -> list[dict]:
-    """The records, each naming its look as its ``domain``: the operating threshold then weighs every look
-    the same (:func:`mssn_monai.handlers.best_operating_threshold`)."""
+    """The records, each naming its look as its ``domain``: on validation records the operating threshold
+    then weighs every look the same (:func:`mssn_monai.handlers.best_operating_threshold`); on training
+    records it is what ``domain_adversarial_weight`` > 0 hides from stage 2's embedding."""
     return [{**r, "domain": look} for r in records]
 
 
@@ -125,7 +126,7 @@ def _fold_datalist(out: Path, holdout: str) -> Path:
         if style == holdout:
             sections["testing"] += load_datalist(dl, "testing")
         else:
-            sections["training"] += load_datalist(dl, "training")
+            sections["training"] += _with_domain(load_datalist(dl, "training"), style)
             sections["validation"] += _with_domain(load_datalist(dl, "validation"), style)
     write_datalist(sections, fold / "datalist.json")
     return fold

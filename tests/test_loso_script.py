@@ -46,6 +46,7 @@ def test_fold_trains_on_the_other_looks_and_names_each_validation_look(loso, tmp
     validation = load_datalist(fold / "datalist.json", "validation")
     testing = load_datalist(fold / "datalist.json", "testing")
     assert len(training) == 10 and not any("pale" in r["group"] for r in training)
+    assert all(r["domain"] == r["group"].split("_")[0] for r in training)
     assert [r["domain"] for r in validation] == [look for look in LOOKS if look != "pale"]
     assert [r["group"] for r in validation] == [f"{look}_v0" for look in LOOKS if look != "pale"]
     assert [r["group"] for r in testing] == ["pale_x0", "pale_x1"]  # the held-out look: test fields only
@@ -60,6 +61,7 @@ def test_family_trains_on_every_look_and_validates_on_new_fields_named_by_look(l
     path = loso.family(str(tmp_path))
     training, validation = load_datalist(path, "training"), load_datalist(path, "validation")
     assert len(training) == 6 * 3 + 1 and {r["group"] for r in training} >= {"random_train_0", "pale_v0"}
+    assert {(r["group"], r["domain"]) for r in training} >= {("random_train_0", "random"), ("pale_v0", "pale")}
     assert not any(r["group"].endswith(("_x0", "_x1")) for r in training + validation)  # test fields stay out
     assert [(r["group"], r["domain"]) for r in validation] == [(f"{look}_val_0", look) for look in LOOKS] + [
         ("random_0", "random")

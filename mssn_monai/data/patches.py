@@ -252,6 +252,10 @@ class PatchSampleDataset(Dataset):
             self._mimics.append(_points(record.get(DatalistKeys.MIMICS), f"data[{i}] ({path}) mimics"))
         if not self._paths:
             raise ValueError("data is empty: PatchSampleDataset needs at least one record.")
+        names = [str(r.get(DatalistKeys.DOMAIN, "")) for r in self.data]
+        self.domains: list[str] = sorted(set(names))
+        """The records' ``domain`` names, sorted (``""`` for records without one); samples carry the index."""
+        self._domain_index = [self.domains.index(n) for n in names]
         self._hard: list[np.ndarray] = [np.zeros((0, 2)) for _ in self._paths]
         self._mimics_with_hard: list[np.ndarray] | None = None
         if self.positive_fraction > 0 and not any(len(m) for m in self._mitoses) and allow_no_positives:
@@ -511,6 +515,7 @@ class PatchSampleDataset(Dataset):
             PatchKeys.CLASS: torch.tensor(cls, dtype=torch.int64),
             PatchKeys.POINT: torch.tensor([cx, cy], dtype=torch.float32),
             PatchKeys.IMAGE_INDEX: image_index,
+            PatchKeys.DOMAIN: torch.tensor(self._domain_index[image_index], dtype=torch.int64),
         }
         if self.transform is None:
             return sample
