@@ -117,6 +117,20 @@ def read_number_rows(path: Path, expected: str, ncols: Sequence[int] | None = No
     return rows
 
 
+def scanner_spacing(scanner: str | None, spacings: dict[str, float], where: Path, expected: str) -> float:
+    """The default spacing of ``scanner`` in ``spacings``; a clear error when the names did not tell it.
+
+    Args:
+        scanner: the key a reader found in the file or folder names, or ``None``.
+        spacings: um/px by scanner key.
+        where: the file or folder named in the error.
+        expected: what names would have told it (for the error message).
+    """
+    if scanner is None:
+        raise ValueError(f"{where}: cannot tell the scanner ({expected}); pass spacing explicitly")
+    return spacings[scanner]
+
+
 def check_point(x: float, y: float, size: tuple[int, int], image: Path, where: str) -> None:
     """Check that ``(x, y)`` lies on the image: ``0 <= x <= width`` and ``0 <= y <= height``.
 

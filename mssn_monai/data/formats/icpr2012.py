@@ -36,6 +36,7 @@ from mssn_monai.data.formats._common import (
     make_record,
     read_number_rows,
     reject_annotations,
+    scanner_spacing,
 )
 from mssn_monai.io import image_size
 from mssn_monai.keys import DatalistKeys
@@ -60,14 +61,9 @@ def _scanner(image: Path) -> str | None:
     return None
 
 
-def _scanner_spacing(image: Path) -> float:
-    scanner = _scanner(image)
-    if scanner is None:
-        raise ValueError(
-            f"{image}: cannot tell the scanner from the folder name {image.parent.name!r} (expected A.. for Aperio "
-            "or H.. for Hamamatsu, e.g. A00_v2); pass spacing explicitly"
-        )
-    return ICPR2012_SPACING_UM[scanner]
+def _default_spacing(image: Path, scanner: str | None) -> float:
+    expected = f"folder {image.parent.name!r}: A.. for Aperio or H.. for Hamamatsu, e.g. A00_v2"
+    return scanner_spacing(scanner, ICPR2012_SPACING_UM, image, expected)
 
 
 def _read_field(image: Path, root: Path, spacing: float | None) -> dict[str, Any]:
@@ -92,7 +88,9 @@ def _read_field(image: Path, root: Path, spacing: float | None) -> dict[str, Any
     group = folder.relative_to(root).as_posix() if folder != root else folder.name
     scanner = _scanner(image)
     domain = {DatalistKeys.DOMAIN: ICPR2012_SCANNERS[scanner]} if scanner is not None else {}
-    return make_record(image, mitoses, [], spacing if spacing is not None else _scanner_spacing(image), group, **domain)
+    return make_record(
+        image, mitoses, [], spacing if spacing is not None else _default_spacing(image, scanner), group, **domain
+    )
 
 
 def read_icpr2012(

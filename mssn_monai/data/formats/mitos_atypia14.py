@@ -40,6 +40,7 @@ from mssn_monai.data.formats._common import (
     make_record,
     read_number_rows,
     reject_annotations,
+    scanner_spacing,
 )
 from mssn_monai.io import image_size
 from mssn_monai.keys import DatalistKeys
@@ -65,16 +66,6 @@ def _scanner(slide: Path) -> str | None:
     if match:
         return "aperio" if match.group(1).upper() == "A" else "hamamatsu"
     return None
-
-
-def _scanner_spacing(slide: Path) -> float:
-    scanner = _scanner(slide)
-    if scanner is None:
-        raise ValueError(
-            f"{slide}: cannot tell the scanner (no 'Aperio' or 'Hamamatsu' in the folder names, slide not named "
-            "A.. or H..); pass spacing explicitly"
-        )
-    return MITOS_ATYPIA14_SPACING_UM[scanner]
 
 
 def _read_points(csv: Path, image: Path, size: tuple[int, int]) -> tuple[list[list[float]], list[float]]:
@@ -104,14 +95,18 @@ def _read_frame(frame: Path, spacing: float | None) -> dict[str, Any]:
     not_mitosis_csv = labels / f"{frame.stem}_not_mitosis.csv"
     if not_mitosis_csv.is_file():
         mimics, mimic_confidence = _read_points(not_mitosis_csv, frame, size)
+    scanner = _scanner(slide)
+    if spacing is None:
+        expected = "no 'Aperio' or 'Hamamatsu' in the folder names, slide not named A.. or H.."
+        spacing = scanner_spacing(scanner, MITOS_ATYPIA14_SPACING_UM, slide, expected)
     return make_record(
         frame,
         mitoses,
         mimics,
-        spacing if spacing is not None else _scanner_spacing(slide),
+        spacing,
         f"{slide.parent.name}/{slide.name}",
         **{DatalistKeys.MITOSIS_CONFIDENCE: mitosis_confidence, DatalistKeys.MIMIC_CONFIDENCE: mimic_confidence},
-        **({DatalistKeys.DOMAIN: scanner} if (scanner := _scanner(slide)) is not None else {}),
+        **({DatalistKeys.DOMAIN: scanner} if scanner is not None else {}),
     )
 
 
