@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -70,3 +72,50 @@ def test_batch_and_dataset_carry_the_domain(tmp_path):
     with pytest.raises(KeyError, match="domain"):
         PrepareBatchClass(domain_key="domain")({"image": batch["image"], "class": batch["class"]})
     assert np.isfinite(DomainAdversarialLoss(MarginContrastiveLoss(), 3, 32, 0.1)(torch.randn(3, 32), target).item())
+
+
+def test_train_json_wires_the_domain_head_into_stage_two(tmp_path):
+    """``--domain_adversarial_weight``: the loss gets one head output per training domain, the optimizer and
+    the checkpoint hold the head, and one step on a real batch moves both the head and the embedding."""
+    from monai.bundle import ConfigParser
+
+    from mssn_monai.data.datalist import write_datalist
+    from mssn_monai.data.formats import read_mitos_atypia14
+    from mssn_monai.data.synthetic import generate_dataset
+
+    generate_dataset(tmp_path / "fields", n_images=4, size=(512, 512), seed=6, frames_per_slide=1)
+    records = sorted(read_mitos_atypia14(tmp_path / "fields"), key=lambda r: -len(r["mitoses"]))
+    assert records[0]["mitoses"]  # stage 2 samples a third of its patches on mitoses
+    training = [{**r, "domain": "lab a" if i % 2 else "lab b"} for i, r in enumerate(records[:3])]
+    write_datalist({"training": training, "validation": records[3:]}, tmp_path / "datalist.json")
+    root = Path(__file__).resolve().parents[1] / "bundle"
+    parser = ConfigParser()
+    parser.read_config(root / "configs" / "train.json")
+    parser.update(
+        {
+            "bundle_root": str(tmp_path),
+            "dataset_dir": str(tmp_path),
+            "num_workers": 0,
+            "fpr_batch_size": 8,
+            "fpr_samples_per_epoch": 8,
+            "domain_adversarial_weight": 0.5,
+        }
+    )
+    loss = parser.get_parsed_content("fpr_train#loss")
+    assert isinstance(loss, DomainAdversarialLoss) and loss.num_domains == 2 and loss.weight == 0.5
+    optimizer = parser.get_parsed_content("fpr_train#optimizer")
+    in_optimizer = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in in_optimizer for p in loss.head.parameters())
+    assert parser.get_parsed_content("fpr_train#training_state")["domain_head"] is loss
+    network = parser.get_parsed_content("fpr_network")
+    batch = next(iter(parser.get_parsed_content("fpr_train#dataloader")))
+    image, target = parser.get_parsed_content("fpr_train#prepare_batch")(batch)
+    assert target.shape == (8, 2) and set(target[:, 1].tolist()) <= {0, 1}
+    before = [p.detach().clone() for p in (*loss.head.parameters(), *network.parameters())]
+    optimizer.zero_grad()
+    loss(network(image), target).backward()
+    optimizer.step()
+    after = [p.detach() for p in (*loss.head.parameters(), *network.parameters())]
+    n_head = len(list(loss.head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before[:n_head], after[:n_head], strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(before[n_head:], after[n_head:], strict=True))
