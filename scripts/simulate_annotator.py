@@ -1,8 +1,9 @@
 """A simulated annotator against a real MONAI Label server: active learning by uncertainty vs random.
 
 For each strategy (``mitosis_uncertainty``, ``random``) a fresh server (``apps/monailabel``, started from
-the environment of ``make label-venv``) serves a pool of generated fields of one look the shipped weights
-never saw (``--style``, default ``pale``), starting from the shipped bundle. Each round:
+the environment of ``make label-venv``) serves a pool of generated fields of one look (``--style``,
+default ``pale``, which the 0.4.0 weights never saw; the 0.10.0 weights are trained on every look of the
+family, new fields of it), starting from the shipped bundle. Each round:
 
 1. the strategy picks ``--per_round`` fields (``POST /activelearning/<strategy>``, one at a time: a picked
    field is labelled before the next pick, so the second pick is the next field by the same scores);
