@@ -34,6 +34,7 @@ __all__ = [
     "NearestReferenceAccuracy",
     "ReferenceBankRefresh",
     "FitOperatingPoint",
+    "refit_operating_point",
     "SaveWeights",
     "TrainingCheckpoint",
     "gap_midpoint",
@@ -547,6 +548,36 @@ class FitOperatingPoint:
             "fields_fnr_recall": float(prf_arrays(*stage1)[1]),
             "fields_domains": float(len(set(domains)) if domains is not None else 0),
         }
+
+
+def refit_operating_point(
+    bundle: str | Path, records: Sequence[dict[str, Any]], device: str | torch.device = "cpu"
+) -> dict[str, float]:
+    """Refit a trained bundle's vote calibration and operating threshold on labelled fields, in place.
+
+    :class:`FitOperatingPoint` as training runs it at the end of stage 2, without training: the weights
+    and the reference bank stay. ``models/model.pt`` is rewritten atomically and a ``models/model.ts``
+    beside it removed (it would be stale).
+
+    Args:
+        bundle: the bundle folder.
+        records: labelled fields (``image``, ``mitoses``, ``spacing``; ``domain`` for every domain to
+            weigh the same).
+        device: where to run.
+
+    Returns:
+        ``operating_threshold_before`` and :meth:`FitOperatingPoint.fit`'s metrics.
+    """
+    from mssn_monai.checkpoints import load_detector, save_state_dict
+    from mssn_monai.constants import MODEL_FILE, TORCHSCRIPT_FILE
+
+    fields = load_detector(bundle, device)
+    before = float(fields.detector.operating_threshold())
+    results = FitOperatingPoint(fields.detector, records, normalizer=fields.normalizer).fit()
+    models = Path(bundle) / "models"
+    save_state_dict(fields.detector, models / MODEL_FILE)
+    (models / TORCHSCRIPT_FILE).unlink(missing_ok=True)
+    return {"operating_threshold_before": before, **results}
 
 
 class SaveWeights:

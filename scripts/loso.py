@@ -160,14 +160,14 @@ def refit(out: str, holdouts: str | tuple[str, ...] | None = None) -> list[dict]
 
     The fold's datalist is written again (its validation records naming their look as ``domain``, so
     every look weighs the same in the threshold's F1) and :class:`mssn_monai.handlers.FitOperatingPoint`
-    runs on those validation fields; the weights and the reference bank stay. The fold's bundle before
+    runs on those validation fields (:func:`mssn_monai.handlers.refit_operating_point`); the weights and
+    the reference bank stay. The fold's bundle before
     the first refit is kept as ``OUT/folds/<look>/bundle_pooled`` and ``OUT/loso.json`` as
     ``OUT/loso_pooled.json``. Nothing of the held-out look is read before ``table``.
     """
-    from mssn_monai.checkpoints import load_detector, save_state_dict
-    from mssn_monai.constants import MODEL_FILE, TORCHSCRIPT_FILE
+    from mssn_monai.constants import MODEL_FILE
     from mssn_monai.data.datalist import load_datalist
-    from mssn_monai.handlers import FitOperatingPoint
+    from mssn_monai.handlers import refit_operating_point
 
     root = Path(out).resolve()
     if (root / "loso.json").is_file() and not (root / "loso_pooled.json").is_file():
@@ -179,11 +179,7 @@ def refit(out: str, holdouts: str | tuple[str, ...] | None = None) -> list[dict]
         if not (root / "folds" / style / "bundle_pooled").is_dir():
             shutil.copytree(bundle, root / "folds" / style / "bundle_pooled")
         fold = _fold_datalist(root, style)
-        fields = load_detector(bundle, "cpu")
-        results = FitOperatingPoint(fields.detector, load_datalist(fold / "datalist.json", "validation"),
-                                    normalizer=fields.normalizer).fit()  # fmt: skip
-        save_state_dict(fields.detector, bundle / "models" / MODEL_FILE)
-        (bundle / "models" / TORCHSCRIPT_FILE).unlink(missing_ok=True)
+        results = refit_operating_point(bundle, load_datalist(fold / "datalist.json", "validation"))
         threshold, f1 = results["fields_operating_threshold"], results["fields_f1"]
         print(f"fold {style}: operating threshold {threshold:.3f}, validation F1 {f1:.3f}", flush=True)
     return table(out)

@@ -15,30 +15,19 @@ Usage::
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import fire
-
-from mssn_monai.constants import MODEL_FILE, TORCHSCRIPT_FILE
 
 
 def main(bundle: str = "bundle", datalist: str = "", section: str = "validation", device: str = "cpu") -> None:
     """Refit and save; prints the metrics on the fields (``fields_f1``, ``fields_operating_threshold``, ...) as JSON."""
-    from mssn_monai.checkpoints import load_detector, save_state_dict
     from mssn_monai.data.datalist import load_datalist
-    from mssn_monai.handlers import FitOperatingPoint
+    from mssn_monai.handlers import refit_operating_point
 
     records = load_datalist(datalist, section)
     if not records:
         raise SystemExit(f"error: {datalist} has no {section!r} fields")
-    fields = load_detector(bundle, device)
-    before = float(fields.detector.operating_threshold())
-    results = FitOperatingPoint(fields.detector, records, normalizer=fields.normalizer).fit()
-    models = Path(bundle) / "models"
-    save_state_dict(fields.detector, models / MODEL_FILE)
-    (models / TORCHSCRIPT_FILE).unlink(missing_ok=True)
-    results = {"operating_threshold_before": before, **results}
-    print(json.dumps(results, indent=2))
+    print(json.dumps(refit_operating_point(bundle, records, device), indent=2))
 
 
 if __name__ == "__main__":
