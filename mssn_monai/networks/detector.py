@@ -502,15 +502,18 @@ class FieldDetector:
         return maps[det.fnr.fused_key]
 
     def _vote_box(
-        self, crop: Callable, h: int, w: int, box: tuple[int, int, int, int], candidates: torch.Tensor
+        self, crop: Callable, h: int, w: int, candidates: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """:meth:`MSSNDetector.vote` of ``candidates`` (field pixels, all inside ``box = (y0, y1, x0, x1)``),
-        reading only the box and the vote's patch context around it."""
+        """:meth:`MSSNDetector.vote` of ``candidates`` (field pixels), reading only their bounding box and the
+        vote's patch context around it (nothing when there are none): inside the window stage 1 read for
+        them, so a cached window is cut, not read again."""
         det = self.detector
+        if candidates.shape[0] == 0:
+            return det.vote(torch.zeros(3, 1, 1, device=candidates.device), candidates)
         halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
-        by0, by1, bx0, bx1 = box
-        y0, x0 = max(0, by0 - halo), max(0, bx0 - halo)
-        y1, x1 = min(h, by1 + halo), min(w, bx1 + halo)
+        centres = torch.floor(candidates[:, :2].double() + 0.5).long()  # rounded as the vote rounds them
+        y0, x0 = max(0, int(centres[:, 1].min()) - halo), max(0, int(centres[:, 0].min()) - halo)
+        y1, x1 = min(h, int(centres[:, 1].max()) + 1 + halo), min(w, int(centres[:, 0].max()) + 1 + halo)
         local = candidates.clone()
         local[:, 0] -= x0
         local[:, 1] -= y0
@@ -564,7 +567,7 @@ class FieldDetector:
             idx = torch.nonzero(inside).flatten()
             if idx.numel() == 0:
                 continue
-            v, vs, p = self._vote_box(crop, h, w, (by0, by1, bx0, bx1), candidates[idx])
+            v, vs, p = self._vote_box(crop, h, w, candidates[idx])
             voted[idx], votes[idx], probability[idx] = v, vs.to(votes.dtype), p.to(probability.dtype)
         return voted, votes, probability
 
@@ -668,13 +671,7 @@ class FieldDetector:
                 candidates = peaks[inside]
                 candidates[:, 0] += s * ec0
                 candidates[:, 1] += s * er0
-                box = (s * r0, s * (r0 + rows), s * c0, s * (c0 + cols))
-                if cells is not None:  # only the candidates' box: inside the window stage 1 read, not read again
-                    box = _points_box(candidates, box)
-                if box is None:
-                    voted, votes, probability = det.vote(torch.zeros(3, 1, 1, device=self._device), candidates)
-                else:
-                    voted, votes, probability = self._vote_box(crop, h, w, box, candidates)
+                voted, votes, probability = self._vote_box(crop, h, w, candidates)
                 out = det.decide(candidates, voted, votes, probability)
                 yield (
                     (i, j),
@@ -698,17 +695,6 @@ class FieldDetector:
             candidates = self.detector.peaks(self._fused_map(crop, h, w), float(spacing_um))
             out = self.detector.decide(candidates, *self._vote(crop, h, w, candidates))
         return {k: v.cpu().numpy().astype(np.float64 if v.is_floating_point() else bool) for k, v in out.items()}
-
-
-def _points_box(points: torch.Tensor, box: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
-    """The pixel box ``(y0, y1, x0, x1)`` of ``points`` (``x, y`` rows, rounded as the vote rounds them),
-    within ``box``; ``None`` when there are no points."""
-    if points.shape[0] == 0:
-        return None
-    centres = torch.floor(points[:, :2].double() + 0.5).long()
-    y0, y1 = int(centres[:, 1].min()), int(centres[:, 1].max()) + 1
-    x0, x1 = int(centres[:, 0].min()), int(centres[:, 0].max()) + 1
-    return max(y0, box[0]), min(y1, box[1]), max(x0, box[2]), min(x1, box[3])
 
 
 @contextlib.contextmanager
