@@ -21,7 +21,9 @@ Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detecto
    threshold (the highest of ``CANDIDATE_THRESHOLDS`` that still finds every labelled mitosis), the
    Platt calibration of the vote, and the operating threshold, chosen leave-one-field-out (for each
    field the F1-best threshold on the others; the median of those) so that one or two fields cannot
-   pull it to their own extremes.
+   pull it to their own extremes. With ``joint_threshold`` the operating threshold is fitted on the
+   new fields and labelled fields of the bundle's own look together, each look weighing the same:
+   the old look keeps more of its F1, the new look gives up a little (measured in the README).
 
 The adapted bundle is written as a whole to a temporary folder beside ``out`` and renamed onto it at
 the end, so an error leaves nothing behind: ``configs/`` (the source bundle's, with the new candidate
@@ -63,7 +65,10 @@ ALIGN_TILES_PER_IMAGE = 16
 
 
 def leave_one_field_out_threshold(
-    gts: Sequence[np.ndarray], dets: Sequence[np.ndarray], radii: Sequence[float]
+    gts: Sequence[np.ndarray],
+    dets: Sequence[np.ndarray],
+    radii: Sequence[float],
+    old: tuple[Sequence[np.ndarray], Sequence[np.ndarray], Sequence[float]] | None = None,
 ) -> tuple[float, float]:
     """Operating threshold chosen leave-one-field-out, and the F1 that choice earns on the held-out fields.
 
@@ -72,19 +77,29 @@ def leave_one_field_out_threshold(
     every field at its own fold's threshold (micro over fields): an honest estimate, since no field
     chose its own threshold. With one field there is nothing to hold out: its own best threshold.
 
+    With ``old`` (fields of the bundle's own look), every fold also fits on all of them, and F1 is the
+    mean of the new fields' F1 and the old fields' F1: both looks weigh the same
+    (:func:`~mssn_monai.handlers.best_operating_threshold` with two domains). Only new fields are held out.
+
     Args:
         gts: per field, ``(N_i, 2)`` ground-truth mitoses in pixels.
         dets: per field, ``(M_i, 3)`` voted candidates ``x, y, calibrated probability``.
         radii: per field, the match radius in pixels.
+        old: ``(gts, dets, radii)`` of fields of the old look, in every fold, or ``None``.
 
     Returns:
-        ``(threshold, held_out_f1)``.
+        ``(threshold, held_out_f1)``: the held-out F1 is the new fields'.
     """
     from mssn_monai.handlers import best_operating_threshold
     from mssn_monai.metrics import detection_counts, prf_arrays, sum_counts
 
+    og, od, orad = ([], [], []) if old is None else (list(old[0]), list(old[1]), list(old[2]))
+
     def fit(idx: Sequence[int]) -> float:
-        return best_operating_threshold([gts[i] for i in idx], [dets[i] for i in idx], [radii[i] for i in idx])
+        domains = ["new"] * len(idx) + ["old"] * len(og) if og else None
+        return best_operating_threshold(
+            [gts[i] for i in idx] + og, [dets[i] for i in idx] + od, [radii[i] for i in idx] + orad, domains
+        )
 
     n = len(gts)
     if n < 2:
@@ -304,16 +319,37 @@ def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Seq
         detector.candidate_threshold = original
 
 
-def _calibrate(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Refit the vote's calibration and the operating threshold on the fields (leave-one-field-out)."""
-    from mssn_monai.handlers import fit_vote_calibration
+def _calibrate(
+    fields: Any,
+    images: Sequence[np.ndarray],
+    records: Sequence[Mapping[str, Any]],
+    old_images: Sequence[np.ndarray] = (),
+    old_records: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """Refit the vote's calibration on the new fields and the operating threshold leave-one-field-out: on the
+    new fields, or with ``old_records`` on the new fields and those of the old look, each look weighing the same."""
+    from mssn_monai.handlers import fit_vote_calibration, voted_candidates
 
     fpr = fields.detector.fpr
     _, voted, gts, radii = fit_vote_calibration(fields, images, records)
-    threshold, held_out_f1 = leave_one_field_out_threshold(gts, voted, radii)
+    old = None
+    if old_records:  # the operating threshold is 0 here: every voted candidate comes back
+        outputs = [fields(im, float(r[DatalistKeys.SPACING])) for im, r in zip(old_images, old_records, strict=True)]
+        old = (
+            [np.asarray(r.get(DatalistKeys.MITOSES, []), dtype=np.float64).reshape(-1, 2) for r in old_records],
+            voted_candidates(fields, outputs),
+            [MATCH_RADIUS_UM / float(r[DatalistKeys.SPACING]) for r in old_records],
+        )
+    threshold, held_out_f1 = leave_one_field_out_threshold(gts, voted, radii, old)
     fpr.set_operating_threshold(threshold)
     a, b = (float(v) for v in fpr.calibration)
-    return {"calibration_a": a, "calibration_b": b, "operating_threshold": threshold, "held_out_f1": held_out_f1}
+    return {
+        "calibration_a": a,
+        "calibration_b": b,
+        "operating_threshold": threshold,
+        "operating_threshold_fields": "new and old look, each weighing the same" if old else "new",
+        "held_out_f1": held_out_f1,
+    }
 
 
 def _write_bundle(src: Path, dst: Path, detector: torch.nn.Module, candidate_threshold: float, report: dict) -> None:
@@ -356,6 +392,7 @@ def adapt_bundle(
     seed: int = 0,
     align: bool = True,
     unlabelled: bool = False,
+    joint_threshold: bool = False,
 ) -> dict[str, Any]:
     """Adapt a bundle to a new look from a few labelled fields and write the adapted bundle at ``out``.
 
@@ -379,6 +416,10 @@ def adapt_bundle(
             (``replay`` or the bundle's ``samples/``; skipped with a warning when neither is).
         unlabelled: step 0 alone: the fields need no annotation, and the thresholds, calibration and
             reference bank stay as they are.
+        joint_threshold: fit the operating threshold on the new fields and labelled fields of the
+            bundle's own look (``replay``, else ``samples/``), each look weighing the same, so the old
+            look keeps more of its F1 at some cost to the new look's (step 3; the calibration stays the
+            new fields').
 
     Returns:
         the report written to ``out/adapt_report.json``.
@@ -387,7 +428,8 @@ def adapt_bundle(
         FileExistsError: ``out`` is not empty and ``overwrite`` is false.
         FileNotFoundError: missing datalist, image or bundle weights.
         ValueError: no fields or no labelled mitosis (without ``unlabelled``); ``unlabelled`` without
-            fields of the bundle's own look or with ``align`` false; weights that do not load.
+            fields of the bundle's own look or with ``align`` false; ``joint_threshold`` with
+            ``unlabelled`` or without labelled fields of the bundle's own look; weights that do not load.
     """
     from mssn_monai.checkpoints import DEFAULT_BUNDLE, bundle_config, load_detector
     from mssn_monai.data.datalist import load_datalist
@@ -400,6 +442,8 @@ def adapt_bundle(
         raise ValueError(f"--epochs must be an integer >= 0, got {epochs!r}")
     if unlabelled and not align:
         raise ValueError("--unlabelled runs the stage-1 alignment alone; it cannot be combined with --noalign")
+    if unlabelled and joint_threshold:
+        raise ValueError("--unlabelled keeps the thresholds; it cannot be combined with --joint-threshold")
     records = _records(datalist, section, labelled=not unlabelled)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -419,6 +463,12 @@ def adapt_bundle(
     if replay is not None:
         replay_records = _spread(list(load_datalist(replay, "training")), int(replay_fields))
     source = _source_records(src, replay_records, int(replay_fields)) if align else []
+    old_records = _source_records(src, replay_records, int(replay_fields)) if joint_threshold else []
+    if joint_threshold and not any(r.get(DatalistKeys.MITOSES) for r in old_records):
+        raise ValueError(
+            f"{src}: --joint-threshold needs labelled fields of the bundle's own look, with mitoses "
+            "(--replay DATALIST, or the bundle's samples/)"
+        )
     if unlabelled and not source:
         raise ValueError(
             f"{src}: the stage-1 alignment needs fields of the bundle's own look and the bundle has no "
@@ -434,6 +484,11 @@ def adapt_bundle(
         report["seconds_align"] = time.perf_counter() - t0
     elif align:
         logger.warning("%s: no fields of the bundle's own look (no --replay, no samples/): stage 1 not aligned", src)
+    old_images: list[np.ndarray] = []
+    if old_records:  # read now: a missing image fails before any fine-tuning
+        same = bool(source) and source == old_records
+        old_images = source_images if same else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
+        report["operating_threshold_old_fields"] = len(old_records)
     if unlabelled:
         _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start)
         return report
@@ -458,7 +513,7 @@ def adapt_bundle(
     candidate_threshold = _candidate_threshold(fields, images, records)
     fields.detector.candidate_threshold = candidate_threshold
     report["candidate_threshold"] = candidate_threshold
-    report.update(_calibrate(fields, images, records))
+    report.update(_calibrate(fields, images, records, old_images, old_records))
     _finish(src, out, fields, candidate_threshold, report, t_start)
     return report
 

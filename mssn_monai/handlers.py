@@ -35,6 +35,7 @@ __all__ = [
     "ReferenceBankRefresh",
     "FitOperatingPoint",
     "refit_operating_point",
+    "voted_candidates",
     "SaveWeights",
     "TrainingCheckpoint",
     "gap_midpoint",
@@ -450,12 +451,23 @@ def fit_vote_calibration(
     if len(votes) and 0 < float(target.sum()) < len(target):
         a, b = fit_calibration(votes, target)
         fpr.set_calibration(float(a), float(b))
-    voted = []
+    return outputs, voted_candidates(fields, outputs), gts, radii
+
+
+def voted_candidates(fields: FieldDetector, outputs: Sequence[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """Per field, the candidates the vote keeps with their probability under the detector's current
+    calibration: ``(M, 3)`` ``x, y, probability`` (whatever operating threshold the outputs were made with).
+
+    Args:
+        fields: the detector whose stage 2 made ``outputs`` (its calibration is read, not changed).
+        outputs: per field, the detector's result (``candidates``, ``voted``, ``votes``).
+    """
+    fpr, voted = fields.detector.fpr, []
     for out in outputs:
         keep = out[DetectionKeys.VOTED]
         p = fpr.calibrated_score(torch.as_tensor(out[DetectionKeys.VOTES])).cpu().numpy()
         voted.append(np.column_stack([out[DetectionKeys.CANDIDATES][keep, :2], p[keep]]).reshape(-1, 3))
-    return outputs, voted, gts, radii
+    return voted
 
 
 class FitOperatingPoint:

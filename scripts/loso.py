@@ -16,7 +16,7 @@ Usage::
     python scripts/loso.py refit --out runs/loso      # folds trained before 0.10: threshold refit per look
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
     python scripts/loso.py styles --out runs/loso [--bundle B --name N]   # one bundle on every look's test fields
-    python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2]       # adapt each fold to its held-out look
+    python scripts/loso.py adapt --out runs/loso [--k 4 --epochs 2] [--joint]  # adapt each fold to its held-out look
     python scripts/loso.py align --out runs/loso [--fields 8]      # no label: stage 1 aligned to the held-out look
     python scripts/loso.py align --out runs/loso --bundle bundle    # the same for one bundle on every look
 
@@ -270,7 +270,7 @@ def _wanted(holdouts: str | tuple[str, ...] | None) -> list[str]:
 
 def adapt(
     out: str, k: int = 4, epochs: int = 2, forget_style: str = "default", forget_fields: int = 8,
-    holdouts: str | tuple[str, ...] | None = None, align: bool = True,
+    holdouts: str | tuple[str, ...] | None = None, align: bool = True, joint: bool = False,
 ) -> list[dict]:  # fmt: skip
     """``adapt`` each trained fold's bundle to its held-out look with ``k`` labelled fields of that look.
 
@@ -281,17 +281,18 @@ def adapt(
     fields of ``forget_style`` (``shifted`` for the fold that holds that look out) after 1+2+3 minus before.
     ``holdouts`` limits the run to those folds (comma-separated); each fold's row is also written to
     ``OUT/folds/<look>/adapt_k<k>/row.json`` (``adapt_k<k>_noalign`` with ``--noalign``: ``adapt``
-    without its stage-1 alignment), and the table gathers every fold's row found. Prints the table and
-    writes ``OUT/loso_adapt.json``.
+    without its stage-1 alignment; ``_joint`` appended with ``--joint``: ``adapt --joint-threshold``), and
+    the table gathers every fold's row found. Prints the table and writes ``OUT/loso_adapt<suffix>.json``.
     """
     from mssn_monai.adapt import adapt_bundle
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root, rows = Path(out), []
     wanted = _wanted(holdouts)
+    suffix = ("" if align else "_noalign") + ("_joint" if joint else "")
     for style in _styles():
         fold = root / "folds" / style
-        work = fold / (f"adapt_k{k}" if align else f"adapt_k{k}_noalign")
+        work = fold / f"adapt_k{k}{suffix}"
         if style not in wanted or not (fold / "bundle" / "models" / "model.pt").is_file():
             if (work / "row.json").is_file():
                 rows.append(json.loads((work / "row.json").read_text()))
@@ -310,7 +311,7 @@ def adapt(
             t0 = time.perf_counter()
             adapt_bundle(
                 work / "labelled.json", work / name, bundle=fold / "bundle", epochs=ep,
-                replay=fold / "datalist.json", overwrite=True, align=align,
+                replay=fold / "datalist.json", overwrite=True, align=align, joint_threshold=joint,
             )  # fmt: skip
             row[f"seconds_{name}"] = time.perf_counter() - t0
             row[f"f1_{name}"] = score_bundle(work / name, fold / "datalist.json")["f1"]
@@ -325,7 +326,7 @@ def adapt(
             f"{r['holdout']:>9} {r['f1_before']:>9.3f} {r['f1_bank']:>6.3f} {r['f1_finetune']:>6.3f} "
             f"{r['seconds_finetune']:>7.0f} {r['forgetting']:>+7.3f}"
         )
-    Path(out, "loso_adapt.json").write_text(json.dumps(rows, indent=2) + "\n")
+    Path(out, f"loso_adapt{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 

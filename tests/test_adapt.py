@@ -43,6 +43,20 @@ def test_leave_one_field_out_threshold_is_median_of_folds():
     assert 0.2 < one <= 0.9 and np.isnan(nan)
 
 
+def test_joint_threshold_weighs_the_old_look_the_same():
+    # new look: mitosis at 0.3, false positive at 0.1; old look: mitosis at 0.9, false positive at 0.25
+    gts = [np.array([[10.0, 10.0]])] * 3
+    new = [np.array([[10.0, 10.0, 0.3], [50.0, 50.0, 0.1]])] * 3
+    old = ([np.array([[10.0, 10.0]])] * 2, [np.array([[10.0, 10.0, 0.9], [50.0, 50.0, 0.25]])] * 2, [2.0] * 2)
+    alone, _ = leave_one_field_out_threshold(gts, new, [2.0] * 3)
+    joint, f1 = leave_one_field_out_threshold(gts, new, [2.0] * 3, old)
+    # alone: F1-best from 0.3 down to the middle of the gap to 0.1; jointly only (0.25, 0.3] is perfect on both
+    assert alone == pytest.approx(0.2) and joint == pytest.approx(0.275)
+    assert f1 == 1.0  # the held-out F1 is the new fields'
+    one, _ = leave_one_field_out_threshold(gts[:1], new[:1], [2.0], old)
+    assert one == pytest.approx(0.275)
+
+
 def test_adapt_writes_a_bundle_detect_uses(pale, tmp_path, capsys):
     out = tmp_path / "adapted"
     main(["adapt", "--datalist", str(pale), "--out", str(out), "--epochs", "0"])
@@ -110,7 +124,18 @@ def test_adapt_unlabelled_aligns_stage1_only(pale, tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "case", ["no_mitoses", "missing_image", "existing_out", "no_weights", "bad_epochs", "no_source", "noalign"]
+    "case",
+    [
+        "no_mitoses",
+        "missing_image",
+        "existing_out",
+        "no_weights",
+        "bad_epochs",
+        "no_source",
+        "noalign",
+        "joint_unlabelled",
+        "joint_no_source",
+    ],
 )
 def test_adapt_bad_input_one_line_nothing_written(pale, tmp_path, case):
     datalist, out, bundle = pale, tmp_path / "out", DEFAULT_BUNDLE
@@ -134,15 +159,17 @@ def test_adapt_bad_input_one_line_nothing_written(pale, tmp_path, case):
             (bundle / "configs" / f.name).write_bytes(f.read_bytes())
     elif case == "bad_epochs":
         extra = ["--epochs", "-1"]
-    elif case == "no_source":  # --unlabelled with a bundle that has weights but no samples/, and no --replay
+    elif case in ("no_source", "joint_no_source"):  # a bundle with weights but no samples/, and no --replay
         bundle = tmp_path / "bare_bundle"
         for part in ("configs", "models"):
             (bundle / part).mkdir(parents=True)
             for f in (DEFAULT_BUNDLE / part).glob("*.*"):
                 (bundle / part / f.name).write_bytes(f.read_bytes())
-        extra = ["--unlabelled"]
+        extra = ["--unlabelled"] if case == "no_source" else ["--joint-threshold", "--epochs", "0"]
     elif case == "noalign":
         extra = ["--unlabelled", "--noalign"]
+    elif case == "joint_unlabelled":
+        extra = ["--unlabelled", "--joint-threshold"]
     cmd = [sys.executable, "-m", "mssn_monai", "adapt", "--datalist", str(datalist), "--out", str(out)]
     r = subprocess.run([*cmd, "--bundle", str(bundle), *extra], capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -192,3 +219,30 @@ def test_alignment_tiles_are_whole_spread_and_bounded():
     crop = fields.reader(big)
     torch.testing.assert_close(tiles[0][0], crop(0, ALIGN_TILE_PX, 0, ALIGN_TILE_PX))
     torch.testing.assert_close(tiles[ALIGN_TILES_PER_IMAGE - 1][0], crop(3976, 5000, 3476, 4500))
+
+
+def test_adapt_joint_threshold_fits_on_both_looks(pale, tmp_path):
+    from mssn_monai.constants import MATCH_RADIUS_UM
+    from mssn_monai.data.datalist import load_datalist
+    from mssn_monai.handlers import voted_candidates
+    from mssn_monai.io import read_image_rgb
+
+    out = tmp_path / "joint"
+    main(["adapt", "--datalist", str(pale), "--out", str(out), "--epochs", "0", "--joint-threshold"])
+    report = json.loads((out / "adapt_report.json").read_text())
+    assert report["operating_threshold_fields"] == "new and old look, each weighing the same"
+    assert report["operating_threshold_old_fields"] == 8  # the bundle's samples/
+    # the stored threshold is the joint leave-one-field-out fit on the adapted detector's own votes
+    adapted = load_detector(out)
+    adapted.detector.threshold_override = 0.0
+
+    def votes(records):
+        outputs = [adapted(read_image_rgb(r["image"]), float(r["spacing"])) for r in records]
+        gts = [np.asarray(r["mitoses"], dtype=np.float64).reshape(-1, 2) for r in records]
+        return gts, voted_candidates(adapted, outputs), [MATCH_RADIUS_UM / float(r["spacing"]) for r in records]
+
+    samples = DEFAULT_BUNDLE / "samples" / "datalist.json"
+    expected, _ = leave_one_field_out_threshold(
+        *votes(load_datalist(pale, "training")), old=votes(load_datalist(samples, "testing"))
+    )
+    assert report["operating_threshold"] == pytest.approx(expected, abs=1e-6)
