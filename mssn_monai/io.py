@@ -37,6 +37,7 @@ __all__ = [
     "open_image",
     "TiledTiffImage",
     "gather_by_tiles",
+    "take_window",
     "LAZY_TIFF_PIXELS",
     "MAX_TILED_PIXELS",
     "MAX_CHUNK_PIXELS",
@@ -371,8 +372,24 @@ def gather_by_tiles(
         r_sel = np.nonzero(rows // th == ty)[0]
         for tx in np.unique(cols // tw):
             c_sel = np.nonzero(cols // tw == tx)[0]
-            out[np.ix_(r_sel, c_sel)] = pixels(int(ty), int(tx), rows[r_sel], cols[c_sel])
+            piece = pixels(int(ty), int(tx), rows[r_sel], cols[c_sel])
+            if _is_run(r_sel) and _is_run(c_sel):  # a window: basic slicing, no fancy-index copy
+                out[r_sel[0] : r_sel[-1] + 1, c_sel[0] : c_sel[-1] + 1] = piece
+            else:
+                out[np.ix_(r_sel, c_sel)] = piece
     return out
+
+
+def _is_run(index: np.ndarray) -> bool:
+    """Whether ``index`` is ``first, first + 1, ..., last`` (a slice of step 1)."""
+    return len(index) > 0 and int(index[-1]) - int(index[0]) + 1 == len(index)
+
+
+def take_window(array: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``array[np.ix_(rows, cols)]``, by basic slicing (a view) when both are runs of step 1."""
+    if _is_run(rows) and _is_run(cols):
+        return array[int(rows[0]) : int(rows[-1]) + 1, int(cols[0]) : int(cols[-1]) + 1]
+    return array[np.ix_(rows, cols)]
 
 
 class TiledTiffImage:
@@ -469,7 +486,7 @@ class TiledTiffImage:
         th, tw = self.tile
 
         def pixels(ty: int, tx: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-            return self._tile(ty, tx)[np.ix_(rows - ty * th, cols - tx * tw)]
+            return take_window(self._tile(ty, tx), rows - ty * th, cols - tx * tw)
 
         out = gather_by_tiles(self, key, pixels, self._page.samplesperpixel, self._page.dtype)
         return out if out.size == 0 else _to_rgb_uint8(out, self.path)

@@ -268,6 +268,17 @@ def test_signed_16_bit_tiff_is_mapped_with_a_warning(tmp_path, caplog):
 # ---------------------------------------------------------------- tiled TIFFs read by tiles
 
 
+def test_take_window_slices_runs_and_gathers_the_rest():
+    from mssn_monai.io import take_window
+
+    a = np.arange(60).reshape(6, 10)
+    run = take_window(a, np.array([1, 2, 3]), np.array([4, 5]))
+    np.testing.assert_array_equal(run, [[14, 15], [24, 25], [34, 35]])
+    assert np.shares_memory(run, a)  # a window is a view, not a copy
+    np.testing.assert_array_equal(take_window(a, np.array([3, 1]), np.array([0, 9])), [[30, 39], [10, 19]])
+    np.testing.assert_array_equal(take_window(a, np.array([0, 2]), np.array([1, 2])), [[1, 2], [21, 22]])
+
+
 @pytest.mark.parametrize(("dtype", "samples"), [(np.uint8, 3), (np.uint8, 4), (np.uint16, 1), (np.uint16, 3)])
 def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples):
     """Any window (steps, edges, partial edge tiles, empty) equals the same window of the whole image."""
@@ -290,7 +301,7 @@ def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples):
     assert lazy.shape == whole.shape and lazy.tile == (128, 256)
     for rows, cols in [
         (slice(None), slice(None)), (slice(100, 333), slice(255, 514)), (slice(None, None, 7), slice(3, None, 5)),
-        (slice(590, 700), slice(0, 1)), (slice(10, 10), slice(0, 5)),
+        (slice(590, 700), slice(0, 1)), (slice(10, 10), slice(0, 5)), (slice(500, 90, -3), slice(None, None, -1)),
     ]:  # fmt: skip
         np.testing.assert_array_equal(lazy[rows, cols], whole[rows, cols])
     np.testing.assert_array_equal(np.asarray(lazy), whole)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from mssn_monai.io import gather_by_tiles
+from mssn_monai.io import gather_by_tiles, take_window
 
 __all__ = [
     "OPENSLIDE_SUFFIXES",
@@ -162,7 +162,7 @@ class OpenSlideImage:
         def pixels(ty: int, tx: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             r0, c0 = int(rows.min()), int(cols.min())
             piece = self.read(c0, r0, int(cols.max()) - c0 + 1, int(rows.max()) - r0 + 1)
-            return piece[np.ix_(rows - r0, cols - c0)]
+            return take_window(piece, rows - r0, cols - c0)
 
         return gather_by_tiles(self, key, pixels)
 
