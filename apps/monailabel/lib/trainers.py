@@ -10,7 +10,9 @@ written as the next version ``vNNNN`` under the versions folder, next to the ear
 Request params (defaults in ``/info``): ``epochs`` (or MONAI Label's ``max_epochs``; 0 = reference bank
 and calibration only), ``device`` (``cpu`` unless given), ``samples_per_epoch``, ``per_class``,
 ``spacing`` (um/px for images whose datastore info has no ``spacing``), ``seed``, ``align`` (step 0 of
-``adapt``, stage 1's BatchNorm statistics moved to the labelled images' look; ``false`` skips it).
+``adapt``, stage 1's BatchNorm statistics moved to the labelled images' look; ``false`` skips it),
+``joint_threshold`` (``true``: the operating threshold fitted on the labelled images and the bundle's own
+``samples/`` together, each look weighing the same, for a server that keeps serving both looks).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class MSSNAdaptTrain(TrainTask):
             "spacing": DEFAULT_SPACING_UM,
             "seed": 0,
             "align": True,
+            "joint_threshold": False,
         }
 
     def stats(self) -> dict[str, Any]:
@@ -100,6 +103,7 @@ class MSSNAdaptTrain(TrainTask):
                 device=str(params["device"]),
                 seed=int(params["seed"]),
                 align=as_flag(params["align"], "align"),
+                joint_threshold=as_flag(params["joint_threshold"], "joint_threshold"),
             )
         report = {**report, "datalist": [r["image"] for r in records], "version": out.name}
         (out / "adapt_report.json").write_text(json.dumps(report, indent=1))
