@@ -457,15 +457,20 @@ class FieldDetector:
             raise ValueError(f"image must be (H, W, 3) RGB with H, W >= 1, got shape {tuple(image.shape)}.")
         norm, device = self.normalizer, self._device
         whole = isinstance(image, np.ndarray) and image.shape[0] * image.shape[1] <= WHOLE_FIELD_MAX_PX
+        fitted = None
         if norm is not None and not (hasattr(norm, "fit_field") and hasattr(norm, "apply")):
             whole, convert = True, lambda x: torch.as_tensor(norm(x))  # an opaque normaliser: the whole field
         elif norm is None or (fitted := norm.fit_field(image if fit_on is None else fit_on)) is None:
             convert = None  # no normaliser, or its fallback: the field unchanged
         else:
             convert = lambda x: torch.as_tensor(norm.apply(x, fitted))  # noqa: E731 - pixel by pixel
+        lookup = getattr(norm, "apply_uint8", None) if fitted is not None else None
 
         def read(y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:
-            x = hwc_to_chw_float(image[y0:y1, x0:x1])
+            pixels = np.asarray(image[y0:y1, x0:x1])
+            if lookup is not None and pixels.dtype == np.uint8:  # the same numbers as convert, by lookup
+                return lookup(pixels, fitted).to(device)
+            x = hwc_to_chw_float(pixels)
             return (x if convert is None else convert(x)).to(device)
 
         if not whole:

@@ -572,8 +572,35 @@ class NormalizeHEStain(Transform):
         x = _as_tensor(img)
         w = torch.as_tensor(white, dtype=x.dtype, device=x.device).view(3, 1, 1)
         od = rgb_to_od(x.clamp(0.0, 1.0), w)
-        # conc = od @ pinv(stains) rescaled per stain, then rendered with the target: one (3, 3) map
-        scale = np.diag(self.target_max_concentrations / max_conc)
-        matrix = np.linalg.pinv(stains) @ scale @ self.target_stains
-        out = od_to_rgb(_mix_channels(od, torch.as_tensor(matrix, dtype=x.dtype, device=x.device)), self.target_white)
+        out = od_to_rgb(_mix_channels(od, self._render_matrix(stains, max_conc, x)), self.target_white)
         return convert_to_dst_type(out, img)[0]
+
+    def apply_uint8(self, image: np.ndarray, fitted: tuple[np.ndarray, np.ndarray, np.ndarray]) -> torch.Tensor:
+        """:meth:`apply` of ``hwc_to_chw_float(image)``, with the optical density looked up, not computed.
+
+        A uint8 channel has 256 levels, so their optical densities are computed once (the same float32
+        operations :meth:`apply` runs on every pixel) and each pixel's are looked up: the same numbers,
+        without a logarithm per pixel or the float copy of the input (what :class:`FieldDetector`
+        reads fields and slide blocks with).
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB.
+            fitted: ``(white, stains, max_concentrations)`` from :meth:`fit`.
+
+        Returns:
+            ``(3, H, W)`` float32 tensor in ``[0, 1]``.
+        """
+        if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {tuple(image.shape)} {image.dtype}.")
+        white, stains, max_conc = fitted
+        levels = torch.arange(256, dtype=torch.float32).div(255.0).expand(3, 256)
+        table = rgb_to_od(levels, torch.as_tensor(white, dtype=torch.float32).view(3, 1))  # (3, 256)
+        pixels = torch.from_numpy(np.require(image, requirements=["C", "W"]))
+        od = torch.stack([table[c][pixels[..., c].long()] for c in range(3)])
+        return od_to_rgb(_mix_channels(od, self._render_matrix(stains, max_conc, od)), self.target_white)
+
+    def _render_matrix(self, stains: np.ndarray, max_conc: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """The ``(3, 3)`` OD map of :meth:`apply`: concentrations (``od @ pinv(stains)``) rescaled per stain,
+        rendered with the target stains; dtype and device of ``like``."""
+        matrix = np.linalg.pinv(stains) @ np.diag(self.target_max_concentrations / max_conc) @ self.target_stains
+        return torch.as_tensor(matrix, dtype=like.dtype, device=like.device)

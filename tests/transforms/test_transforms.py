@@ -227,6 +227,25 @@ def test_normalizer_fits_large_images_on_a_regular_subsample_and_applies_pixel_b
         NormalizeHEStain(max_fit_pixels=0)
 
 
+def test_normalizer_apply_uint8_looks_up_the_same_numbers():
+    """apply_uint8 on uint8 pixels = apply on the float copy, to the bit, for every level of every channel."""
+    from mssn_monai.ops.intensity import hwc_to_chw_float, to_uint8
+
+    rng = np.random.default_rng(7)
+    norm = NormalizeHEStain()
+    field = to_uint8(torch.from_numpy(_field_chw(StainStyle.random(rng), seed=4, size=96))).permute(1, 2, 0).numpy()
+    fitted = norm.fit_field(field)
+    assert fitted is not None
+    every_level = np.stack(np.meshgrid(np.arange(256), np.arange(256), indexing="ij"), -1).astype(np.uint8)
+    every_level = np.concatenate([every_level, every_level[..., :1]], axis=-1)  # (256, 256, 3): all pairs
+    for image in (field, every_level, field[::-1, 5:40]):  # and a non-contiguous view
+        out = norm.apply_uint8(image, fitted)
+        assert out.dtype == torch.float32 and out.shape == (3, *image.shape[:2])
+        assert torch.equal(out, norm.apply(hwc_to_chw_float(image), fitted))
+    with pytest.raises(ValueError, match="uint8"):
+        norm.apply_uint8(field.astype(np.float32), fitted)
+
+
 def test_estimate_he_stains_on_pure_mixture():
     # an exact two-stain mixture with known vectors: the estimate recovers them (H first)
     stains = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])
