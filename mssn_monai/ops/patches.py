@@ -196,6 +196,16 @@ def gather_patches(image: torch.Tensor, centres: torch.Tensor, size: int) -> tor
         ``(M, C, size, size)``, dtype and device of ``image``.
     """
     h, w = int(image.shape[-2]), int(image.shape[-1])
+    y0, x0 = centres[:, 1] - size // 2, centres[:, 0] - size // 2
+    if centres.shape[0] > 0 and bool(((y0 >= 0) & (x0 >= 0) & (y0 + size <= h) & (x0 + size <= w)).all()):
+        # every patch inside the image: a stack of plain windows (an order of magnitude faster than the
+        # index gather below on a CPU, the same numbers)
+        ys: list[int] = y0.tolist()
+        xs: list[int] = x0.tolist()
+        windows: list[torch.Tensor] = []
+        for i in range(len(ys)):
+            windows.append(image[:, ys[i] : ys[i] + size, xs[i] : xs[i] + size])
+        return torch.stack(windows)
     offsets = torch.arange(size, device=image.device) - size // 2
     rows = _mirror_tensor(centres[:, 1:2] + offsets.unsqueeze(0), h)  # (M, size)
     cols = _mirror_tensor(centres[:, 0:1] + offsets.unsqueeze(0), w)

@@ -594,9 +594,8 @@ class NormalizeHEStain(Transform):
             raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {tuple(image.shape)} {image.dtype}.")
         white, stains, max_conc = fitted
         levels = torch.arange(256, dtype=torch.float32).div(255.0).expand(3, 256)
-        table = rgb_to_od(levels, torch.as_tensor(white, dtype=torch.float32).view(3, 1))  # (3, 256)
-        pixels = torch.from_numpy(np.require(image, requirements=["C", "W"]))
-        od = torch.stack([table[c][pixels[..., c].long()] for c in range(3)])
+        table = rgb_to_od(levels, torch.as_tensor(white, dtype=torch.float32).view(3, 1)).numpy()  # (3, 256)
+        od = torch.from_numpy(np.stack([np.take(table[c], image[..., c]) for c in range(3)]))  # numpy: uint8 indices
         return od_to_rgb(_mix_channels(od, self._render_matrix(stains, max_conc, od)), self.target_white)
 
     def _render_matrix(self, stains: np.ndarray, max_conc: np.ndarray, like: torch.Tensor) -> torch.Tensor:

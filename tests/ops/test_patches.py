@@ -97,6 +97,13 @@ def test_gather_patches_equals_extract_patch_and_scripts():
             for m, (x, y) in enumerate(centres.tolist()):
                 assert torch.equal(got[m], extract_patch(image, x, y, size))
             assert torch.equal(scripted(image, centres, size), got)
+            inside = torch.tensor([[3, 3], [7, 2], [5, 3]])  # every patch of side <= 4 inside: plain windows
+            if size <= 4:
+                windows = gather_patches(image, inside, size)
+                assert windows.is_contiguous() and windows.shape == (3, 3, size, size)
+                for m, (x, y) in enumerate(inside.tolist()):
+                    assert torch.equal(windows[m], extract_patch(image, x, y, size))
+                assert torch.equal(scripted(image, inside, size), windows)
 
 
 # ---------------------------------------------------------------- index helpers
