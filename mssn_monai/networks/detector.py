@@ -7,10 +7,11 @@ TorchScript file (``torch.jit.script`` of this module, as ``python -m monai.bund
 
 Steps for one image (:meth:`MSSNDetector.detect`):
 
-1. The FNR maps at stride 4, tile by tile (:meth:`MSSNDetector.stage1_maps`): each tile of ``tile_px``
-   x ``tile_px`` output pixels is read with its patch context (:meth:`MultiScaleFNR.forward_region`:
-   the tiles overlap by the receptive field, mirrored only at the image's own borders), so the
-   stitched map equals the map of the whole image and memory is bounded by the tile size.
+1. The FNR maps at stride 4, tile by tile (:meth:`MSSNDetector.stage1_maps`): each tile of about
+   ``tile_px`` x ``tile_px`` output pixels (equal tiles, :func:`balanced_step`) is read with its patch
+   context (:meth:`MultiScaleFNR.forward_region`: the tiles overlap by the receptive field, mirrored
+   only at the image's own borders), so the stitched map equals the map of the whole image (to float
+   rounding) and memory is bounded by the tile size.
 2. Candidates (:meth:`MSSNDetector.candidates`, stage 1 alone): thresholded local maxima of the
    stitched fused map at least ``min_distance_um`` apart
    (:func:`mssn_monai.ops.peaks_torch.find_peaks_torch`). Peaks are found once on the whole map, so a
@@ -56,7 +57,7 @@ from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
 from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
 
-__all__ = ["MSSNDetector", "FieldDetector", "detection_map_to_points", "PLATEAU_MARGIN_CELLS"]
+__all__ = ["MSSNDetector", "FieldDetector", "balanced_step", "detection_map_to_points", "PLATEAU_MARGIN_CELLS"]
 
 _MIN_SCORE = 1e-6  # a detection's value in the map is at least this, so 0 always means "nothing here"
 
@@ -71,6 +72,18 @@ once, as a whole (float32: 113 MB at the limit), and its blocks and vote boxes a
 overlaps between blocks' patch context and vote boxes are not normalised again. Normalisation is pixel
 by pixel, so the crops are the same numbers either way. Larger fields, and lazily read ones, are
 converted block by block as they are read (bounded memory)."""
+
+
+def balanced_step(length: int, tile: int) -> int:
+    """The side of ``round(length / tile)`` (at least one) equal parts covering ``length``: the step that tiles
+    ``length`` cells into tiles of about ``tile``, each at most 1.5 ``tile`` (TorchScript-able).
+
+    Example:
+        >>> balanced_step(521, 256), balanced_step(512, 256), balanced_step(100, 256)
+        (261, 256, 100)
+    """
+    parts = max(1, (2 * length + tile) // (2 * tile))  # round half up
+    return (length + parts - 1) // parts
 
 
 def _check_image(image: torch.Tensor) -> None:
@@ -198,9 +211,11 @@ class MSSNDetector(nn.Module):
     def stage1_region(self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int) -> dict[str, torch.Tensor]:
         """Cells ``[row0, row0 + rows) x [col0, col0 + cols)`` of :meth:`stage1_maps`, tile by tile.
 
-        The tiles start at ``row0, col0`` and are ``tile_px / 4`` cells on a side, so a region that
-        starts on the tile grid is computed from exactly the same inputs as in the whole-image call
-        (what :class:`FieldDetector` relies on to stream a large field in blocks).
+        The region is split into equal tiles of about ``tile_px / 4`` cells on a side
+        (:func:`balanced_step`: ``round(rows / tile)`` tiles per axis, each at most 1.5 tiles), so no
+        thin strip is left at its edge to be computed with a whole tile's patch context. Each cell sees
+        the same pixels whichever tile computes it: the stitched maps equal the whole-image maps to the
+        float rounding of the convolutions.
 
         Args:
             image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
@@ -211,10 +226,11 @@ class MSSNDetector(nn.Module):
         """
         source = image.unsqueeze(0)
         maps: dict[str, torch.Tensor] = {}
-        n_tiles = ((rows + self.tile_cells - 1) // self.tile_cells) * ((cols + self.tile_cells - 1) // self.tile_cells)
-        for r0 in range(0, rows, self.tile_cells):
-            for c0 in range(0, cols, self.tile_cells):
-                nr, nc = min(self.tile_cells, rows - r0), min(self.tile_cells, cols - c0)
+        step_r, step_c = balanced_step(rows, self.tile_cells), balanced_step(cols, self.tile_cells)
+        n_tiles = ((rows + step_r - 1) // step_r) * ((cols + step_c - 1) // step_c)
+        for r0 in range(0, rows, step_r):
+            for c0 in range(0, cols, step_c):
+                nr, nc = min(step_r, rows - r0), min(step_c, cols - c0)
                 for name, m in self.fnr.forward_region(source, row0 + r0, nr, col0 + c0, nc).items():
                     if name not in maps:
                         maps[name] = torch.zeros((rows, cols), dtype=torch.float32, device=image.device)
@@ -384,14 +400,15 @@ class FieldDetector:
     the hard-negative miner and :class:`~mssn_monai.handlers.FitOperatingPoint` all call this one
     object, so training measures the code users run.
 
-    A field is streamed in blocks of ``block_px`` x ``block_px`` pixels (on the detector's tile grid): the field
-    stays uint8, and only one block, with its patch context, is ever converted to float and stain-normalised (a
-    field in memory of at most :data:`WHOLE_FIELD_MAX_PX` is converted once). Stage 1 stitches the fused map
-    block by block; candidates are found once on the whole map (a mitosis on a block seam is reported once); the
-    vote reads each candidate's block again. A field of one block is processed exactly as
-    :meth:`MSSNDetector.detect` on the whole field; on a larger one the maps are the same values and the votes
-    differ only by float rounding. A :class:`~mssn_monai.transforms.NormalizeHEStain` normaliser is fitted once
-    per field (on a regular subsample, :meth:`~mssn_monai.transforms.NormalizeHEStain.fit_field`) and applied
+    A field is streamed in blocks of about ``block_px`` x ``block_px`` pixels (equal blocks,
+    :func:`balanced_step`; :meth:`detect_blocks` keeps a fixed grid of ``block_px`` for slides): the field
+    stays uint8, and only one block, with its patch context, is ever converted to float and stain-normalised
+    (a field in memory of at most :data:`WHOLE_FIELD_MAX_PX` is converted once). Stage 1 stitches the fused
+    map block by block; candidates are found once on the whole map (a mitosis on a block seam is reported
+    once); the vote reads each candidate's block again. A field of one block is processed exactly as
+    :meth:`MSSNDetector.detect` on the whole field; on a larger one the maps and the votes differ only by
+    float rounding. A :class:`~mssn_monai.transforms.NormalizeHEStain` normaliser is fitted once per field
+    (on a regular subsample, :meth:`~mssn_monai.transforms.NormalizeHEStain.fit_field`) and applied
     block by block; any other normaliser is applied to the whole field first.
 
     Args:
@@ -479,12 +496,14 @@ class FieldDetector:
         return lambda y0, y1, x0, x1: field[:, y0:y1, x0:x1]
 
     def _blocks(self, n_rows: int, n_cols: int) -> list[tuple[int, int, int, int]]:
-        """The blocks ``(row0, rows, col0, cols)`` in map cells, in raster order."""
+        """The blocks ``(row0, rows, col0, cols)`` in map cells, in raster order: equal parts of about
+        :attr:`block_px` (:func:`balanced_step`; a field is not cut into a block and a thin strip)."""
         bc = self.block_px // self.detector.output_stride
+        br, bk = balanced_step(n_rows, bc), balanced_step(n_cols, bc)
         return [
-            (r0, min(bc, n_rows - r0), c0, min(bc, n_cols - c0))
-            for r0 in range(0, n_rows, bc)
-            for c0 in range(0, n_cols, bc)
+            (r0, min(br, n_rows - r0), c0, min(bk, n_cols - c0))
+            for r0 in range(0, n_rows, br)
+            for c0 in range(0, n_cols, bk)
         ]
 
     def _progress(self, total: int, desc: str) -> Any:

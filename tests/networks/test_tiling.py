@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mssn_monai.networks.detector import MSSNDetector
+from mssn_monai.networks.detector import MSSNDetector, balanced_step
 from mssn_monai.networks.fnr import MultiScaleFNR
 from mssn_monai.networks.fpr import SiameseEmbedding
 
@@ -48,6 +48,17 @@ def test_tiles_equal_whole_image(net):
         a = det.peaks(torch.from_numpy(tiled["fused"]), 0.25).numpy()
         b = det.peaks(whole["fused"][0, 0], 0.25).numpy()
         np.testing.assert_allclose(a[:, :2], b[:, :2])
+
+
+def test_balanced_step_splits_into_equal_tiles_of_about_the_tile():
+    assert balanced_step(521, 256) == 261  # a 2084-px field: two tiles of 1044 px, not 1024 + 1024 + 36
+    assert balanced_step(512, 256) == 256 and balanced_step(100, 256) == 100 and balanced_step(1, 256) == 1
+    assert balanced_step(383, 256) == 383 and balanced_step(384, 256) == 192  # 1.5 tiles rounds up to two
+    for length in range(1, 2000, 7):
+        step = balanced_step(length, 256)
+        parts = -(-length // step)
+        assert step <= 1.5 * 256 and (parts == 1 or length - (parts - 1) * step > step // 2), length
+    assert torch.jit.script(balanced_step)(521, 256) == 261
 
 
 def test_region_outside_map_is_rejected(net):
