@@ -462,8 +462,8 @@ def adapt_bundle(
     replay_records: list[dict[str, Any]] = []
     if replay is not None:
         replay_records = _spread(list(load_datalist(replay, "training")), int(replay_fields))
-    source = _source_records(src, replay_records, int(replay_fields)) if align else []
-    old_records = _source_records(src, replay_records, int(replay_fields)) if joint_threshold else []
+    own = _source_records(src, replay_records, int(replay_fields)) if align or joint_threshold else []
+    source, old_records = (own if align else []), (own if joint_threshold else [])
     if joint_threshold and not any(r.get(DatalistKeys.MITOSES) for r in old_records):
         raise ValueError(
             f"{src}: --joint-threshold needs labelled fields of the bundle's own look, with mitoses "
@@ -486,8 +486,7 @@ def adapt_bundle(
         logger.warning("%s: no fields of the bundle's own look (no --replay, no samples/): stage 1 not aligned", src)
     old_images: list[np.ndarray] = []
     if old_records:  # read now: a missing image fails before any fine-tuning
-        same = bool(source) and source == old_records
-        old_images = source_images if same else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
+        old_images = source_images if source else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
         report["operating_threshold_old_fields"] = len(old_records)
     if unlabelled:
         _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start)

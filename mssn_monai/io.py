@@ -372,11 +372,8 @@ def gather_by_tiles(
         r_sel = np.nonzero(rows // th == ty)[0]
         for tx in np.unique(cols // tw):
             c_sel = np.nonzero(cols // tw == tx)[0]
-            piece = pixels(int(ty), int(tx), rows[r_sel], cols[c_sel])
-            if _is_run(r_sel) and _is_run(c_sel):  # a window: basic slicing, no fancy-index copy
-                out[r_sel[0] : r_sel[-1] + 1, c_sel[0] : c_sel[-1] + 1] = piece
-            else:
-                out[np.ix_(r_sel, c_sel)] = piece
+            # rows and cols are monotonic, so one tile's positions in the output are a run: a window
+            out[r_sel[0] : r_sel[-1] + 1, c_sel[0] : c_sel[-1] + 1] = pixels(int(ty), int(tx), rows[r_sel], cols[c_sel])
     return out
 
 
