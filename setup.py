@@ -1,8 +1,8 @@
 """Build hook: the wheel carries the bundle as package data, ``mssn_monai/bundle``.
 
 Everything else is declared in ``pyproject.toml``. The bundle stays in one place in git (``bundle/``);
-building copies its configs, ``models/model.pt``, docs and licence into the built package, where
-``mssn_monai.checkpoints.DEFAULT_BUNDLE`` finds it when there is no source checkout (a wheel user's
+building copies its configs, ``models/model.pt`` and its int8 calibration, docs and licence into the
+built package, where ``mssn_monai.checkpoints.DEFAULT_BUNDLE`` finds it when there is no source checkout (a wheel user's
 ``detect``, ``candidates``, ``adapt`` and ``python -m monai.bundle run --bundle_root ...``). The sample
 fields (13 MB) stay out of the wheel. ``MANIFEST.in`` puts the same files into the sdist.
 """
@@ -13,7 +13,15 @@ from pathlib import Path
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-BUNDLE_FILES = ("LICENSE", "configs/*.json", "configs/logging.conf", "docs/*.md", "docs/*.txt", "models/model.pt")
+BUNDLE_FILES = (
+    "LICENSE",
+    "configs/*.json",
+    "configs/logging.conf",
+    "docs/*.md",
+    "docs/*.txt",
+    "models/model.pt",
+    "models/stage1_int8.json",
+)
 
 
 class BuildPyWithBundle(build_py):

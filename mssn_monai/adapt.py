@@ -27,7 +27,9 @@ Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detecto
 
 The adapted bundle is written as a whole to a temporary folder beside ``out`` and renamed onto it at
 the end, so an error leaves nothing behind: ``configs/`` (the source bundle's, with the new candidate
-threshold), ``models/model.pt``, ``models/model.ts``, ``docs/``, and ``adapt_report.json``.
+threshold), ``models/model.pt``, ``models/model.ts``, ``models/stage1_int8.json`` (stage 1's int8
+calibration for ``--int8``, on the new fields and then the own look's, 8 at most), ``docs/``, and
+``adapt_report.json``.
 """
 
 from __future__ import annotations
@@ -47,8 +49,10 @@ import numpy as np
 import torch
 
 from mssn_monai.constants import MATCH_RADIUS_UM, MODEL_FILE, TORCHSCRIPT_FILE
-from mssn_monai.io import read_image_rgb
+from mssn_monai.data.datalist import spread
+from mssn_monai.io import read_image_rgb, write_json
 from mssn_monai.keys import DatalistKeys, PatchClass
+from mssn_monai.quantize import DEFAULT_CALIBRATION_FIELDS, write_calibration
 
 __all__ = ["ALIGN_TILE_PX", "CANDIDATE_THRESHOLDS", "adapt_bundle", "align_stage1", "leave_one_field_out_threshold"]
 
@@ -253,7 +257,7 @@ def _tiles(
         h, w = int(image.shape[0]), int(image.shape[1])
         ys = sorted({min(y, max(h - tile, 0)) for y in range(0, h, tile)})
         xs = sorted({min(x, max(w - tile, 0)) for x in range(0, w, tile)})
-        for y, x in _spread([(y, x) for y in ys for x in xs], per_image):
+        for y, x in spread([(y, x) for y in ys for x in xs], per_image):
             yield crop(y, min(y + tile, h), x, min(x + tile, w)).unsqueeze(0)
 
 
@@ -283,16 +287,7 @@ def _source_records(src: Path, replay_records: list[dict[str, Any]], n: int) -> 
     if not samples.is_file():
         return []
     sections = json.loads(samples.read_text(encoding="utf-8"))
-    return _spread([r for name in sections for r in load_datalist(samples, name)], n)
-
-
-def _spread(items: list[Any], n: int) -> list[Any]:
-    """At most ``n`` of ``items``, evenly spaced over the list (first and last included), in order."""
-    if n <= 0 or not items:
-        return []
-    if len(items) <= n:
-        return items
-    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))]
+    return spread([r for name in sections for r in load_datalist(samples, name)], n)
 
 
 def _candidate_threshold(fields: Any, images: Sequence[np.ndarray], records: Sequence[Mapping[str, Any]]) -> float:
@@ -352,10 +347,9 @@ def _calibrate(
     }
 
 
-def _write_bundle(src: Path, dst: Path, detector: torch.nn.Module, candidate_threshold: float, report: dict) -> None:
+def _write_bundle(src: Path, dst: Path, detector: torch.nn.Module, candidate_threshold: float) -> None:
     """Copy ``src``'s configs and docs to ``dst`` with the new candidate threshold, and the new weights."""
     from mssn_monai.checkpoints import save_state_dict
-    from mssn_monai.io import write_json
 
     shutil.copytree(src / "configs", dst / "configs")
     if (src / "docs").is_dir():
@@ -374,7 +368,6 @@ def _write_bundle(src: Path, dst: Path, detector: torch.nn.Module, candidate_thr
     save_state_dict(detector, dst / "models" / MODEL_FILE)
     extra = {"metadata.json": (dst / "configs" / "metadata.json").read_text(encoding="utf-8")}
     torch.jit.save(torch.jit.script(detector), str(dst / "models" / TORCHSCRIPT_FILE), _extra_files=extra)
-    write_json(dst / "adapt_report.json", report)
 
 
 def adapt_bundle(
@@ -461,7 +454,7 @@ def adapt_bundle(
     old_refs = fields.detector.fpr.references.clone(), fields.detector.fpr.reference_classes.clone()
     replay_records: list[dict[str, Any]] = []
     if replay is not None:
-        replay_records = _spread(list(load_datalist(replay, "training")), int(replay_fields))
+        replay_records = spread(list(load_datalist(replay, "training")), int(replay_fields))
     own = _source_records(src, replay_records, int(replay_fields)) if align or joint_threshold else []
     source, old_records = (own if align else []), (own if joint_threshold else [])
     if joint_threshold and not any(r.get(DatalistKeys.MITOSES) for r in old_records):
@@ -488,8 +481,10 @@ def adapt_bundle(
     if old_records:  # read now: a missing image fails before any fine-tuning
         old_images = source_images if source else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
         report["operating_threshold_old_fields"] = len(old_records)
+    # stage 1's int8 calibration: the new fields first, the own look's after them, 8 at most
+    int8_images = (images + source_images)[:DEFAULT_CALIBRATION_FIELDS]
     if unlabelled:
-        _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start)
+        _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start, int8_images)
         return report
     if epochs > 0:
         train_config = bundle_config(src / "configs" / "train.json")
@@ -513,23 +508,40 @@ def adapt_bundle(
     fields.detector.candidate_threshold = candidate_threshold
     report["candidate_threshold"] = candidate_threshold
     report.update(_calibrate(fields, images, records, old_images, old_records))
-    _finish(src, out, fields, candidate_threshold, report, t_start)
+    _finish(src, out, fields, candidate_threshold, report, t_start, int8_images)
     return report
 
 
-def _finish(src: Path, out: Path, fields: Any, candidate_threshold: float, report: dict, t_start: float) -> None:
-    """Complete ``report`` and write the adapted bundle: to a temporary folder beside ``out``, renamed onto it."""
+def _finish(
+    src: Path,
+    out: Path,
+    fields: Any,
+    candidate_threshold: float,
+    report: dict,
+    t_start: float,
+    calibration_images: Sequence[np.ndarray] = (),
+) -> None:
+    """Complete ``report`` and write the adapted bundle: to a temporary folder beside ``out``, renamed onto it.
+
+    The bundle gets its own stage-1 int8 calibration (``models/stage1_int8.json``, for ``--int8``) on
+    ``calibration_images`` when given."""
     report["candidate_threshold"] = candidate_threshold
     report.setdefault("operating_threshold", float(fields.detector.operating_threshold()))
-    report["seconds"] = time.perf_counter() - t_start
     report["note"] = "adapted from weights trained on synthetic data only unless the source bundle was retrained"
-    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
-    report.clear()
-    report.update(clean)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_bundle(src, tmp, fields.detector, candidate_threshold, report)
+        _write_bundle(src, tmp, fields.detector, candidate_threshold)
+        if calibration_images:
+            t0 = time.perf_counter()
+            write_calibration(fields, calibration_images, tmp / "models")
+            report["int8_calibration_fields"] = len(calibration_images)
+            report["seconds_int8_calibration"] = time.perf_counter() - t0
+        report["seconds"] = time.perf_counter() - t_start
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in report.items()}
+        report.clear()
+        report.update(clean)
+        write_json(tmp / "adapt_report.json", report)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mssn_monai.cli_args import as_flag
-from mssn_monai.constants import MODEL_FILE
+from mssn_monai.constants import INT8_CALIBRATION_FILE, MODEL_FILE
 
 __all__ = [
     "DEFAULT_BUNDLE",
@@ -21,6 +21,8 @@ __all__ = [
     "latest_checkpoint",
     "stain_normalizer",
     "load_detector",
+    "file_sha256",
+    "load_int8_calibration",
 ]
 
 
@@ -179,6 +181,7 @@ def load_detector(
     device: str | torch.device = "cpu",
     normalize: bool = True,
     stage1_bf16: bool = False,
+    stage1_int8: bool = False,
 ) -> Any:
     """The bundle's detector as a :class:`~mssn_monai.networks.detector.FieldDetector`.
 
@@ -190,9 +193,11 @@ def load_detector(
         device: where to run.
         normalize: use the bundle's stain normalisation when its config enables it.
         stage1_bf16: stage 1 in bfloat16 (:class:`~mssn_monai.networks.detector.FieldDetector`).
+        stage1_int8: stage 1 in 8-bit integers, at the scales of the bundle's
+            ``models/stage1_int8.json`` (written by ``python -m mssn_monai quantize``); CPU only.
 
     Raises:
-        FileNotFoundError: missing config or weights.
+        FileNotFoundError: missing config or weights (or, with ``stage1_int8``, calibration).
         ValueError: weights that do not match the network, or a stage 2 without a reference bank.
     """
     from mssn_monai.networks.detector import FieldDetector
@@ -204,4 +209,43 @@ def load_detector(
     if detector.fpr.references.shape[0] == 0:
         raise ValueError(f"{weights}: stage 2 has no reference bank (untrained FPR); train with configs/train.json")
     normalizer = stain_normalizer(bundle_config(config)) if normalize else None
-    return FieldDetector(detector, normalizer, stage1_bf16=stage1_bf16)
+    calibration = load_int8_calibration(root) if stage1_int8 else None
+    return FieldDetector(detector, normalizer, stage1_bf16=stage1_bf16, stage1_int8=calibration)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_int8_calibration(bundle: str | os.PathLike) -> dict[str, Any]:
+    """The bundle's stage-1 int8 calibration (``models/stage1_int8.json``), checked against its weights.
+
+    Raises:
+        FileNotFoundError: the bundle has none (the message names the command that writes one).
+        ValueError: it was made for other weights (``weights_sha256`` differs from ``models/model.pt``'s):
+            the weights were retrained or replaced since.
+    """
+    from mssn_monai.io import read_json
+
+    root = Path(bundle)
+    path = root / "models" / INT8_CALIBRATION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no stage-1 int8 calibration for --int8; "
+            f"write one with `python -m mssn_monai quantize --bundle {root}`"
+        )
+    calibration = read_json(path)
+    stored = calibration.get("weights_sha256") if isinstance(calibration, dict) else None
+    if stored is not None and stored != file_sha256(root / "models" / MODEL_FILE):
+        raise ValueError(
+            f"{path} was made for other weights than {root / 'models' / MODEL_FILE}; "
+            f"re-run `python -m mssn_monai quantize --bundle {root}`"
+        )
+    return calibration

@@ -152,6 +152,7 @@ def candidates(
     threshold: float | None = None,
     device: str | None = None,
     bf16: bool = False,
+    int8: bool = False,
 ) -> None:
     """Stage 1 alone: write the FNR candidates of every image as ``OUT/<image stem>.csv`` (``x,y,score``).
 
@@ -170,11 +171,12 @@ def candidates(
         threshold: candidate probability threshold (default: the bundle's ``candidate_threshold``, 0.5).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
+        int8: stage 1 in 8-bit integers on CPU (about twice as fast where the CPU has VNNI), at the scales of
+            the bundle's ``models/stage1_int8.json`` (``quantize`` writes it); not with ``--bf16``.
     """
-    from mssn_monai.checkpoints import load_detector
 
     spacing = _spacing(spacing)
-    fields = load_detector(bundle, _device(device), stage1_bf16=bool(bf16))
+    fields = _load_fields(bundle, device, bf16, int8)
     if threshold is not None:
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {threshold!r}")
@@ -191,6 +193,7 @@ def detect(
     overlay: bool = False,
     device: str | None = None,
     bf16: bool = False,
+    int8: bool = False,
 ) -> None:
     """Two-stage MSSN detection: per image ``OUT/<stem>.csv`` (``x,y,score``), ``.geojson`` (QuPath) and ``.json``.
 
@@ -209,12 +212,13 @@ def detect(
         overlay: also write ``<stem>_overlay.png`` with the detections drawn.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
+        int8: stage 1 in 8-bit integers on CPU (about twice as fast where the CPU has VNNI), at the scales of
+            the bundle's ``models/stage1_int8.json`` (``quantize`` writes it); not with ``--bf16``.
     """
-    from mssn_monai.checkpoints import load_detector
     from mssn_monai.outputs import write_detection_outputs
 
     spacing = _spacing(spacing)
-    fields = load_detector(bundle, _device(device), stage1_bf16=bool(bf16))
+    fields = _load_fields(bundle, device, bf16, int8)
     counts: list[tuple[str, int, float]] = []
     for stem, image in _each_image(input, out, "detect", lazy=not overlay):
         summary = write_detection_outputs(stem, image, fields(image, spacing), spacing, fields.settings, overlay)
@@ -239,6 +243,7 @@ def slide(
     progress: bool = True,
     reader: str = "auto",
     bf16: bool = False,
+    int8: bool = False,
 ) -> None:
     """Whole slide: mitoses over the tissue, the hotspot, the mitotic score, and one report per slide.
 
@@ -275,15 +280,16 @@ def slide(
         reader: ``auto`` (OpenSlide for its own formats and for TIFFs tifffile cannot decode tile by
             tile, tifffile for the others), ``tifffile`` or ``openslide``.
         bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
+        int8: stage 1 in 8-bit integers on CPU (about twice as fast where the CPU has VNNI), at the scales of
+            the bundle's ``models/stage1_int8.json`` (``quantize`` writes it); not with ``--bf16``.
     """
-    from mssn_monai.checkpoints import load_detector
     from mssn_monai.io import remove_stale_temporaries
     from mssn_monai.report import find_hotspot, write_slide_report
     from mssn_monai.slide import detect_slide
 
     if spacing is not None:
         spacing = _spacing(spacing)
-    fields = load_detector(bundle, _device(device), stage1_bf16=bool(bf16))
+    fields = _load_fields(bundle, device, bf16, int8)
     remove_stale_temporaries(out) if Path(out).is_dir() else None
     run = detect_slide(
         input, out, fields, spacing=spacing, level=level, resume=resume, progress=progress, reader=reader
@@ -376,6 +382,42 @@ def benchmark(
 
         write_json(json, results)
         print(f"wrote {json}")
+
+
+def quantize(
+    bundle: str | None = None,
+    datalist: str | None = None,
+    section: str = "training",
+    n_fields: int = 8,
+    seed: int = 0,
+) -> None:
+    """Write the bundle's stage-1 int8 calibration, ``BUNDLE/models/stage1_int8.json``, for ``--int8``.
+
+    Runs stage 1 in float32 over fields prepared as detection prepares them (stain normalisation
+    included) and records the scale of every quantized activation; ``detect``, ``candidates`` and
+    ``slide`` with ``--int8`` then run stage 1's convolutions in 8-bit integers at those scales. Calibrate
+    on fields like the ones the bundle will see: ``--datalist`` (your lab's fields), else generated
+    fields of the whole synthetic family. Re-run it after retraining (``adapt`` writes its own).
+
+    Typical usage::
+
+        python -m mssn_monai quantize --bundle bundle
+        python -m mssn_monai quantize --bundle mylab_bundle --datalist mylab/datalist.json --section training
+
+    Args:
+        bundle: the bundle folder (default: ``checkpoints.DEFAULT_BUNDLE``).
+        datalist: calibrate on this datalist's fields (default: generated fields).
+        section: the datalist section.
+        n_fields: fields to calibrate on (spread over the section; generated: 1024x1024 each).
+        seed: seed of the generated fields.
+    """
+    from mssn_monai.quantize import quantize_bundle
+
+    report = quantize_bundle(bundle, datalist, section, n_fields, seed)
+    print(
+        f"wrote {report['path']}: stage-1 int8 calibration on {report['fields']} fields "
+        f"({report['engine']} engine, {report['seconds']:.0f} s)"
+    )
 
 
 def adapt(
@@ -571,6 +613,19 @@ def _device(device: str | None) -> Any:
     return dev
 
 
+def _load_fields(bundle: str | None, device: str | None, bf16: bool, int8: bool) -> Any:
+    """The bundle's ``FieldDetector`` for ``--device``, ``--bf16`` and ``--int8`` (checked: int8 runs on CPU,
+    and not together with bf16)."""
+    from mssn_monai.checkpoints import load_detector
+
+    if bf16 and int8:
+        raise ValueError("--int8 and --bf16 exclude each other; choose one")
+    dev = _device("cpu" if int8 and device is None else device)
+    if int8 and dev.type != "cpu":
+        raise ValueError(f"--int8 runs on CPU only (got --device {device}); drop --device or use --bf16 on a GPU")
+    return load_detector(bundle, dev, stage1_bf16=bool(bf16), stage1_int8=bool(int8))
+
+
 def _each_image(input: str, out: str, desc: str, lazy: bool = False) -> Iterator[tuple[Path, Any]]:  # noqa: A002
     """``(out / <stem>, (H, W, 3) uint8)`` for every readable image under ``input`` (large tiled TIFFs read
     by tiles on demand with ``lazy``, for the detector's block streaming).
@@ -626,6 +681,7 @@ COMMANDS = {
     "benchmark": benchmark,
     "evaluate": evaluate,
     "adapt": adapt,
+    "quantize": quantize,
     "demo": demo,
 }
 
@@ -664,6 +720,7 @@ ARG_LIMITS = {
     },
     "evaluate": {"radius_um": "(0, inf)", "matching": ("optimal", "greedy")},
     "adapt": {"epochs": "[0, inf)", "seed": "[0, inf)"},
+    "quantize": {"n_fields": "[1, inf)", "seed": "[0, inf)"},
 }
 """Accepted numbers (intervals) and texts (choices) of the commands' arguments, checked before a command runs
 (:func:`mssn_monai.cli_args.check_command_args`); every number must also be finite. ``evaluate --threshold``

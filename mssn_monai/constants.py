@@ -20,6 +20,7 @@ __all__ = [
     "MAX_FIT_PIXELS",
     "MODEL_FILE",
     "TORCHSCRIPT_FILE",
+    "INT8_CALIBRATION_FILE",
 ]
 
 DEFAULT_SPACING_UM: Final[float] = 0.2456
@@ -57,3 +58,6 @@ MODEL_FILE: Final[str] = "model.pt"
 
 TORCHSCRIPT_FILE: Final[str] = "model.ts"
 """``ckpt_export``'s TorchScript export of :data:`MODEL_FILE`."""
+
+INT8_CALIBRATION_FILE: Final[str] = "stage1_int8.json"
+"""A bundle's stage-1 int8 calibration, beside :data:`MODEL_FILE` (``python -m mssn_monai quantize``)."""

@@ -345,13 +345,15 @@ def score_bundle(
     section: str = "testing",
     device: str | None = None,
     stage1_bf16: bool = False,
+    stage1_int8: bool = False,
 ) -> dict[str, Any]:
     """A bundle's detector on a labelled datalist section: stage 1 and the final detections in one pass.
 
     Runs the bundle's ``FieldDetector`` once per field with every voted candidate kept, then scores:
     stage-1 recall and candidates per field, precision / recall / F1 at the bundle's own operating
     threshold, and the best F1 over thresholds in hindsight (what calibration costs). ``stage1_bf16``
-    runs stage 1 in bfloat16 (:class:`~mssn_monai.networks.detector.FieldDetector`).
+    runs stage 1 in bfloat16, ``stage1_int8`` in 8-bit integers
+    (:class:`~mssn_monai.networks.detector.FieldDetector`).
 
     Returns:
         ``{"fields", "mitoses", "stage1_recall", "candidates_per_field", "precision", "recall", "f1",
@@ -364,7 +366,12 @@ def score_bundle(
     from mssn_monai.io import read_image_rgb
     from mssn_monai.keys import DetectionKeys
 
-    fields = load_detector(bundle, device or ("cuda" if torch.cuda.is_available() else "cpu"), stage1_bf16=stage1_bf16)
+    fields = load_detector(
+        bundle,
+        "cpu" if stage1_int8 else device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        stage1_bf16=stage1_bf16,
+        stage1_int8=stage1_int8,
+    )
     operating = float(fields.detector.operating_threshold())
     fields.detector.threshold_override = 0.0  # every voted candidate, for the sweep
     records = load_datalist(datalist, section)

@@ -80,7 +80,7 @@ def test_mistyped_flag_keeps_an_existing_datalist(tmp_path, monkeypatch, capsys)
         (["detect", "--input", "i"], "--out: missing, 'detect' needs --out"),
         (["detect"], "--input: missing, 'detect' needs --input and --out"),
         (
-            ["detect", "i", "o", "b", "0.25", "True", "cpu", "False", "extra"],
+            ["detect", "i", "o", "b", "0.25", "True", "cpu", "False", "False", "extra"],
             "'extra': unexpected argument for 'detect'",
         ),
         (["detect", "--input", "i", "--out", "--overlay"], "--out: expected a value after the flag, got none"),
@@ -108,7 +108,7 @@ def test_invalid_values_name_the_flag(tmp_path, monkeypatch, capsys, argv, messa
         ["detect", "--input", "i", "--out", "o", "--spacing", "0.25", "--overlay"],
         ["detect", "--input=i", "--out=o", "--spacing=0.25", "--nooverlay", "--device", "cpu"],
         ["detect", "i", "o", "--spacing", "0.25"],
-        ["detect", "-i", "i", "--out", "o", "--overlay", "True", "--bundle", "None"],
+        ["detect", "-s", "0.25", "--input", "i", "--out", "o", "--overlay", "True", "--bundle", "None"],
         ["evaluate", "--datalist", "d", "--pred", "p", "--radius_um", "4", "--radius-um", "5", "--sweep"],
         ["evaluate", "d", "p", "all", "8", "greedy", "0.5", "True", "report.json"],
         ["evaluate", "--datalist", "d", "--pred", "p", "--threshold", "2.5", "--matching", "Greedy"],

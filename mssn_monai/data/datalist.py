@@ -30,7 +30,15 @@ import numpy as np
 from mssn_monai.io import read_json, write_json
 from mssn_monai.keys import DatalistKeys
 
-__all__ = ["SECTIONS", "check_sections", "split_by_group", "write_datalist", "load_datalist", "inference_records"]
+__all__ = [
+    "SECTIONS",
+    "check_sections",
+    "split_by_group",
+    "write_datalist",
+    "load_datalist",
+    "inference_records",
+    "spread",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -342,3 +350,12 @@ def inference_records(source: str | os.PathLike, section: str = "testing") -> li
     if not readable:
         raise ValueError(f"{source}: none of its {len(records)} image(s) could be read")
     return readable
+
+
+def spread(items: list[Any], n: int) -> list[Any]:
+    """At most ``n`` of ``items``, evenly spaced over the list (first and last included), in order."""
+    if n <= 0 or not items:
+        return []
+    if len(items) <= n:
+        return items
+    return [items[i] for i in np.unique(np.round(np.linspace(0, len(items) - 1, n)).astype(int))]

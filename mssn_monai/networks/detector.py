@@ -35,8 +35,9 @@ Output of :meth:`MSSNDetector.forward`
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -420,6 +421,11 @@ class FieldDetector:
             CPUs with AVX512-BF16 or AMX and on recent GPUs, slower where bfloat16 is emulated. The map
             moves by about 1e-3 in probability on average (up to 0.05 at a cell); stage 2 stays float32.
             Off by default.
+        stage1_int8: a stage-1 int8 calibration (:func:`~mssn_monai.networks.quantized.calibrate_fnr`,
+            a bundle's ``models/stage1_int8.json``) to run stage 1's convolutions in 8-bit integers
+            (:func:`~mssn_monai.networks.quantized.quantize_fnr`; CPU only, fastest with VNNI), or
+            ``None`` (float32). The map moves by about 1e-3 in probability on average (up to 0.05 at a
+            cell); stage 2 stays float32. Off by default; not with ``stage1_bf16``.
 
     Example:
         >>> fields = FieldDetector(detector, normalizer)
@@ -427,7 +433,12 @@ class FieldDetector:
     """
 
     def __init__(
-        self, detector: MSSNDetector, normalizer: Any = None, block_px: int | None = None, stage1_bf16: bool = False
+        self,
+        detector: MSSNDetector,
+        normalizer: Any = None,
+        block_px: int | None = None,
+        stage1_bf16: bool = False,
+        stage1_int8: Mapping[str, Any] | None = None,
     ) -> None:
         tile_px = detector.tile_cells * detector.output_stride
         block_px = max(BLOCK_PX // tile_px, 1) * tile_px if block_px is None else block_px
@@ -437,6 +448,29 @@ class FieldDetector:
         self.normalizer = normalizer
         self.block_px = block_px
         self.stage1_bf16 = bool(stage1_bf16)
+        self._int8_fnr = None
+        if stage1_int8 is not None:
+            if self.stage1_bf16:
+                raise ValueError("stage1_int8 and stage1_bf16 exclude each other; choose one.")
+            if self._device.type != "cpu":
+                raise ValueError(f"stage1_int8 runs on CPU only; the detector is on {self._device}.")
+            from mssn_monai.networks.quantized import quantize_fnr
+
+            self._int8_fnr = quantize_fnr(detector.fnr, stage1_int8)
+
+    @property
+    def stage1_int8(self) -> bool:
+        """Whether stage 1 runs in 8-bit integers."""
+        return self._int8_fnr is not None
+
+    def _stage1_detector(self) -> MSSNDetector:
+        """The detector whose ``stage1_region`` runs: :attr:`detector`, or a shallow copy of it sharing every
+        module but ``fnr``, which is the int8 network."""
+        if self._int8_fnr is None:
+            return self.detector
+        clone = copy.copy(self.detector)
+        clone._modules = {**self.detector._modules, "fnr": self._int8_fnr}
+        return clone
 
     @property
     def settings(self) -> dict[str, float | bool]:
@@ -445,6 +479,7 @@ class FieldDetector:
             **self.detector.settings(),
             "stain_normalization": self.normalizer is not None,
             "stage1_bf16": self.stage1_bf16,
+            "stage1_int8": self.stage1_int8,
         }
 
     @property
@@ -522,7 +557,7 @@ class FieldDetector:
         y1, x1 = min(h, s * (r0 + rows - 1) + qy + 1), min(w, s * (c0 + cols - 1) + qx + 1)
         window = crop(y0, y1, x0, x1)
         with torch.autocast(window.device.type, dtype=torch.bfloat16, enabled=self.stage1_bf16):
-            maps = det.stage1_region(window, r0 - y0 // s, rows, c0 - x0 // s, cols)
+            maps = self._stage1_detector().stage1_region(window, r0 - y0 // s, rows, c0 - x0 // s, cols)
         return maps[det.fnr.fused_key]
 
     def _vote_box(

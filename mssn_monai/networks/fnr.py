@@ -397,9 +397,17 @@ class MultiScaleFNR(nn.Module):
 
     def _probability_maps(self, padded: torch.Tensor, rows: int, cols: int) -> dict[str, torch.Tensor]:
         """Sigmoid of every sub-model's logit map plus their per-cell maximum under :data:`FUSED_KEY`."""
+        return self.probabilities(self._logit_maps(padded, rows, cols))
+
+    def probabilities(self, logits: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{name: sigmoid(logit)}`` in ``sub_models`` order plus :data:`FUSED_KEY`, their per-cell maximum.
+
+        Args:
+            logits: ``{name: (B, 1, rows, cols)}`` logit maps of every sub-model.
+        """
         probs: dict[str, torch.Tensor] = {}
         fused = torch.empty(0)
-        for name, logit in self._logit_maps(padded, rows, cols).items():
+        for name, logit in logits.items():
             p = torch.sigmoid(logit)
             fused = p if len(probs) == 0 else torch.maximum(fused, p)
             probs[name] = p
@@ -454,6 +462,17 @@ class MultiScaleFNR(nn.Module):
         Returns:
             ``{name: (B, 1, rows, cols)}`` probabilities plus ``"fused"``.
         """
+        return self._probability_maps(self.pad_region(image, row0, rows, col0, cols), rows, cols)
+
+    def pad_region(self, image: torch.Tensor, row0: int, rows: int, col0: int, cols: int) -> torch.Tensor:
+        """The pixels :meth:`forward_region` classifies for those cells: the window with its patch context
+        (borders mirrored), float in ``[0, 1]``, channels-last, ``(B, C, 4 (rows - 1) + 2 qy, 4 (cols - 1) + 2 qx)``
+        with ``(qy, qx)`` = :attr:`half_extent`.
+
+        Args:
+            image: ``(B, in_channels, H, W)`` float RGB in ``[0, 1]``, or uint8.
+            row0, rows, col0, cols: the output cells wanted (map coordinates, stride 4).
+        """
         if image.ndim != 4 or image.shape[1] != self.in_channels:
             raise ValueError(f"image must be (B, {self.in_channels}, H, W), got {list(image.shape)}.")
         h, w = int(image.shape[-2]), int(image.shape[-1])
@@ -473,7 +492,7 @@ class MultiScaleFNR(nn.Module):
         if not padded.is_floating_point():
             padded = to_float01(padded)
         padded = padded.contiguous(memory_format=torch.channels_last)
-        return self._probability_maps(padded, rows, cols)
+        return padded
 
     def classify_patches(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logit of each sub-model for the centre pixel of each sample (the training path).

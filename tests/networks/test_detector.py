@@ -191,7 +191,12 @@ def test_field_detector_equals_detect_on_the_tensor(shipped, sample):
         assert got[key].dtype == (np.float64 if value.is_floating_point() else bool), key
         np.testing.assert_array_equal(got[key], value.numpy(), err_msg=key)
     np.testing.assert_array_equal(fields.candidates(image, 0.2455), got[DetectionKeys.CANDIDATES])
-    assert fields.settings == {**shipped.settings(), "stain_normalization": False, "stage1_bf16": False}
+    assert fields.settings == {
+        **shipped.settings(),
+        "stain_normalization": False,
+        "stage1_bf16": False,
+        "stage1_int8": False,
+    }
 
 
 def test_field_detector_applies_the_normaliser_first_and_restores_the_mode(shipped, sample):

@@ -1,0 +1,108 @@
+"""``python -m mssn_monai quantize``: a bundle's stage-1 int8 calibration, ``models/stage1_int8.json``.
+
+The calibration (:func:`mssn_monai.networks.quantized.calibrate_fnr`) records the scale of every
+quantized activation of stage 1 as it runs on fields prepared the way detection prepares them (the
+bundle's stain normalisation included). ``detect --int8``, ``candidates --int8``, ``slide --int8`` and
+the benchmark then run stage 1 in 8-bit integers at those scales. Calibrate on fields like the ones
+the bundle will see: a datalist section of your lab's fields, or, by default, generated fields drawn
+from the whole synthetic family (``synth --style random``). ``adapt`` writes one for the adapted
+bundle on the fields it was given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mssn_monai.constants import INT8_CALIBRATION_FILE, MODEL_FILE
+from mssn_monai.networks.quantized import calibrate_fnr
+
+__all__ = ["DEFAULT_CALIBRATION_FIELDS", "calibration_fields", "write_calibration", "quantize_bundle"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION_FIELDS: int = 8
+"""Generated fields (1024x1024, ``random`` style) a calibration runs on when no datalist is given."""
+
+
+def calibration_fields(n: int = DEFAULT_CALIBRATION_FIELDS, seed: int = 0, size: int = 1024) -> Iterator[np.ndarray]:
+    """``n`` generated ``(size, size, 3)`` uint8 fields, each a fresh look of the synthetic family
+    (seeds ``seed + i``)."""
+    from mssn_monai.data.synthetic import generate_field
+
+    for i in range(int(n)):
+        yield generate_field((size, size), seed=int(seed) + i, style="random").image
+
+
+def write_calibration(fields: Any, images: Iterable[np.ndarray], models_dir: str | os.PathLike) -> dict[str, Any]:
+    """Calibrate ``fields``' stage 1 (a :class:`~mssn_monai.networks.detector.FieldDetector`) on ``images``
+    (``(H, W, 3)`` uint8, prepared as detection prepares them) and write ``models_dir/stage1_int8.json``
+    (atomically), tied to ``models_dir/model.pt`` by its sha256.
+
+    Returns:
+        the calibration written.
+    """
+    from mssn_monai.checkpoints import file_sha256
+    from mssn_monai.io import write_json
+
+    with torch.no_grad():
+        calibration = calibrate_fnr(fields.detector.fnr, (fields.prepare(image) for image in images))
+    calibration["weights_sha256"] = file_sha256(Path(models_dir) / MODEL_FILE)
+    write_json(Path(models_dir) / INT8_CALIBRATION_FILE, calibration, indent=1)
+    return calibration
+
+
+def quantize_bundle(
+    bundle: str | os.PathLike | None = None,
+    datalist: str | os.PathLike | None = None,
+    section: str = "training",
+    n_fields: int = DEFAULT_CALIBRATION_FIELDS,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write ``BUNDLE/models/stage1_int8.json``: stage 1's int8 calibration for the bundle's weights.
+
+    Args:
+        bundle: the bundle folder (default: ``checkpoints.DEFAULT_BUNDLE``).
+        datalist: calibrate on the images of this datalist's ``section`` (at most ``n_fields``, spread over
+            it); default: ``n_fields`` generated fields of the synthetic family.
+        section: the datalist section.
+        n_fields: number of fields to calibrate on (>= 1).
+        seed: seed of the generated fields.
+
+    Returns:
+        ``{"path", "fields", "engine", "seconds"}``.
+
+    Raises:
+        ValueError: ``n_fields`` < 1, or an empty datalist section.
+        FileNotFoundError: a missing bundle, datalist or image (nothing is written).
+    """
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_detector
+    from mssn_monai.data.datalist import load_datalist, spread
+    from mssn_monai.io import read_image_rgb
+    from mssn_monai.keys import DatalistKeys
+
+    if isinstance(n_fields, bool) or int(n_fields) < 1:
+        raise ValueError(f"--n-fields must be >= 1, got {n_fields!r}")
+    root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
+    start = time.perf_counter()
+    fields = load_detector(root, "cpu")
+    if datalist is not None:
+        records = load_datalist(datalist, section)
+        if not records:
+            raise ValueError(f"{datalist}: section {section!r} has no fields")
+        # all read before calibrating: a missing image writes nothing
+        images = [read_image_rgb(r[DatalistKeys.IMAGE]) for r in spread(records, int(n_fields))]
+    else:
+        images = list(calibration_fields(int(n_fields), seed))
+    calibration = write_calibration(fields, images, root / "models")
+    seconds = time.perf_counter() - start
+    path = root / "models" / INT8_CALIBRATION_FILE
+    logger.info("stage-1 int8 calibration on %d fields written to %s (%.1f s)", len(images), path, seconds)
+    return {"path": str(path), "fields": len(images), "engine": calibration["engine"], "seconds": seconds}

@@ -1,0 +1,132 @@
+"""Stage 1 in int8 (``mssn_monai.networks.quantized``): the float network's maps to the int8 rounding, tiles
+that stitch exactly, a calibration that must match the network, and the bundle's calibration file."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from mssn_monai.checkpoints import DEFAULT_BUNDLE, file_sha256, load_detector, load_int8_calibration
+from mssn_monai.cli import main
+from mssn_monai.networks.detector import FieldDetector, MSSNDetector
+from mssn_monai.networks.fnr import MultiScaleFNR
+from mssn_monai.networks.fpr import SiameseEmbedding
+from mssn_monai.networks.quantized import calibrate_fnr, quantize_fnr
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(3)
+    model = MultiScaleFNR(stem_channels=(4, 8), head_channels=4, features=4)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _images(seed: int, n: int, shape: tuple[int, int] = (140, 170)) -> list[torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    return [torch.from_numpy(rng.random((3, *shape), dtype=np.float32)) for _ in range(n)]
+
+
+def test_int8_maps_follow_the_float_maps(net):
+    calibration = calibrate_fnr(net, _images(0, 3))
+    assert calibration["images"] == 3 and calibration["format"] == 1
+    # one scale per quantized activation: the input, the two stem layers and every branch layer
+    n_branch_layers = sum(len(b) for h in net.heads.values() for b in h.branches)
+    assert len(calibration["activations"]) == 1 + 2 + n_branch_layers
+    q = quantize_fnr(net, calibration)
+    image = _images(1, 1)[0][None]
+    with torch.no_grad():
+        want, got = net(image), q(image)
+    assert list(got) == list(want)  # the same names, sub-models first, "fused" last
+    for name in want:
+        assert got[name].shape == want[name].shape == (1, 1, 35, 43)
+        assert got[name].dtype == torch.float32
+        assert float((got[name] - want[name]).abs().mean()) < 0.01, name
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the float network is untouched
+
+
+def test_int8_tiles_stitch_exactly(net):
+    """Per-tensor scales are fixed, so a cell's integers do not depend on the tile that computes it."""
+    q = quantize_fnr(net, calibrate_fnr(net, _images(0, 2)))
+    image = (_images(2, 1, (150, 203))[0] * 255).round().to(torch.uint8)
+    det = MSSNDetector(q, SiameseEmbedding(), tile_px=32).eval()
+    with torch.no_grad():
+        tiled = det.stage1_maps(image)["fused"]
+        whole = q(image[None].float() / 255.0)["fused"][0, 0]
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-6)
+
+
+def test_calibration_must_match_the_network(net):
+    calibration = calibrate_fnr(net, _images(0, 1))
+    other = MultiScaleFNR(sub_models=("square72", "crossbar"), stem_channels=(4, 8), head_channels=4, features=4).eval()
+    with pytest.raises(ValueError, match="does not match this stage-1 network"):
+        quantize_fnr(other, calibration)
+    with pytest.raises(ValueError, match="format"):
+        quantize_fnr(net, {"activations": calibration["activations"]})
+    with pytest.raises(ValueError, match="at least one image"):
+        calibrate_fnr(net, [])
+    with pytest.raises(ValueError, match="quantized engine"):
+        quantize_fnr(net, {**calibration, "engine": "no-such-engine"})
+
+
+def test_field_detector_options(net):
+    det = MSSNDetector(net, SiameseEmbedding()).eval()
+    calibration = calibrate_fnr(net, _images(0, 1))
+    with pytest.raises(ValueError, match="exclude each other"):
+        FieldDetector(det, stage1_bf16=True, stage1_int8=calibration)
+    fields = FieldDetector(det, stage1_int8=calibration)
+    assert fields.stage1_int8 and fields.settings["stage1_int8"] is True
+    assert fields._stage1_detector().fnr is not det.fnr and det.fnr is net  # the detector keeps its float stage 1
+    assert not FieldDetector(det).stage1_int8
+
+
+@pytest.fixture()
+def bundle_copy(tmp_path):
+    root = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE / "configs", root / "configs")
+    (root / "models").mkdir()
+    shutil.copy2(DEFAULT_BUNDLE / "models" / "model.pt", root / "models" / "model.pt")
+    return root
+
+
+def test_bundle_calibration_file(bundle_copy, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="mssn_monai quantize"):
+        load_int8_calibration(bundle_copy)
+    with pytest.raises(SystemExit) as e:  # the CLI: one line, exit 2
+        main(["detect", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--bundle", str(bundle_copy), "--int8"])
+    assert e.value.code == 2 and "quantize" in capsys.readouterr().err
+    main(["quantize", "--bundle", str(bundle_copy), "--n-fields", "1"])
+    assert "stage-1 int8 calibration on 1 fields" in capsys.readouterr().out
+    path = bundle_copy / "models" / "stage1_int8.json"
+    calibration = load_int8_calibration(bundle_copy)
+    assert calibration["weights_sha256"] == file_sha256(bundle_copy / "models" / "model.pt")
+    fields = load_detector(bundle_copy, stage1_int8=True)
+    assert fields.stage1_int8
+    # new weights make the calibration stale: refused, with the command that fixes it
+    (bundle_copy / "models" / "model.pt").write_bytes((bundle_copy / "models" / "model.pt").read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="other weights"):
+        load_int8_calibration(bundle_copy)
+    assert path.is_file()
+
+
+def test_int8_cli_refusals(tmp_path, capsys):
+    for extra in (["--bf16"], ["--n-fields", "0"]):
+        cmd = "quantize" if extra[0] == "--n-fields" else "detect"
+        args = [cmd] + (["--input", str(tmp_path), "--out", str(tmp_path / "o"), "--int8"] if cmd == "detect" else [])
+        with pytest.raises(SystemExit) as e:
+            main(args + extra)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.startswith("error")
+    assert not (tmp_path / "o").exists()
+
+
+def test_shipped_bundle_has_a_current_calibration():
+    calibration = load_int8_calibration(DEFAULT_BUNDLE)  # refuses a stale one
+    assert calibration["engine"] in torch.backends.quantized.supported_engines
