@@ -121,4 +121,6 @@ def test_headline_suite_small():
     )
     for key in ("field_seconds", "naive_ratio", "floor_ratio", "region_seconds", "peak_rss_mb", "slide_mm2_per_s"):
         assert math.isfinite(results[key]), key
+    for key in ("field_seconds_int8", "stage1_seconds_int8", "slide_mm2_per_s_int8"):  # the shipped calibration
+        assert math.isfinite(results[key]), key
     assert "field_seconds" in format_benchmark(results)

@@ -172,7 +172,7 @@ def run_benchmark(
 def _int8_fields(bundle: str | None, dev: Any) -> Any:
     """The bundle's detector with stage 1 in int8, or ``None`` on a GPU or without ``models/stage1_int8.json``."""
     from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_detector
-    from mssn_monai.networks.quantized import INT8_CALIBRATION_FILE
+    from mssn_monai.constants import INT8_CALIBRATION_FILE
 
     root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
     if dev.type != "cpu" or not (root / "models" / INT8_CALIBRATION_FILE).is_file():
