@@ -68,7 +68,7 @@ from monai.utils import StrEnum, look_up_option
 from torch import nn
 
 from mssn_monai.ops.intensity import to_float01
-from mssn_monai.ops.patches import as_pair, mirror_index
+from mssn_monai.ops.patches import as_pair, mirror_take
 
 __all__ = [
     "FNRSubModel",
@@ -486,13 +486,11 @@ class MultiScaleFNR(nn.Module):
                 f"{n_rows}x{n_cols} map of a {h}x{w} image."
             )
         qy, qx = self.half_extent
-        r_idx = mirror_index(self.output_stride * row0 - qy, self.output_stride * (rows - 1) + 2 * qy, h, image.device)
-        c_idx = mirror_index(self.output_stride * col0 - qx, self.output_stride * (cols - 1) + 2 * qx, w, image.device)
-        padded = image.index_select(2, r_idx).index_select(3, c_idx)
-        if not padded.is_floating_point():
-            padded = to_float01(padded)
-        padded = padded.contiguous(memory_format=torch.channels_last)
-        return padded
+        padded = mirror_take(image, 2, self.output_stride * row0 - qy, self.output_stride * (rows - 1) + 2 * qy)
+        padded = mirror_take(padded, 3, self.output_stride * col0 - qx, self.output_stride * (cols - 1) + 2 * qx)
+        # one copy into channels-last (a window inside the image is a view until here); the uint8 -> float
+        # conversion keeps that layout
+        return to_float01(padded.contiguous(memory_format=torch.channels_last))
 
     def classify_patches(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logit of each sub-model for the centre pixel of each sample (the training path).

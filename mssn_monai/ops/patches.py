@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["as_pair", "mirror_index", "pad_symmetric", "extract_patch", "extract_patches", "gather_patches"]
+__all__ = [
+    "as_pair",
+    "mirror_index",
+    "mirror_take",
+    "pad_symmetric",
+    "extract_patch",
+    "extract_patches",
+    "gather_patches",
+]
 
 
 def as_pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
@@ -56,6 +64,21 @@ def _mirror_indices(start: int, length: int, size: int) -> np.ndarray:
 def mirror_index(start: int, length: int, size: int, device: torch.device) -> torch.Tensor:
     """Torch (TorchScript) twin of :func:`_mirror_indices`: ``(length,)`` int64 source indices on ``device``."""
     return _mirror_tensor(torch.arange(start, start + length, device=device), size)
+
+
+def mirror_take(x: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
+    """Indices ``[start, start + length)`` of ``x`` along ``dim`` under the border rule: a view of ``x``
+    (``narrow``) when they all lie inside it, else a gather of :func:`mirror_index`. TorchScript-able.
+
+    Args:
+        x: tensor of any shape.
+        dim: the axis.
+        start, length: first index (may be negative) and count (>= 1).
+    """
+    size = int(x.shape[dim])
+    if start >= 0 and start + length <= size:
+        return x.narrow(dim, start, length)
+    return x.index_select(dim, mirror_index(start, length, size, x.device))
 
 
 def _take_rows_cols(image: Any, rows: np.ndarray, cols: np.ndarray) -> Any:

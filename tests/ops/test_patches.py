@@ -16,6 +16,7 @@ from mssn_monai.ops.patches import (
     extract_patches,
     gather_patches,
     mirror_index,
+    mirror_take,
     pad_symmetric,
 )
 
@@ -118,6 +119,16 @@ def test_mirror_index_twins_agree_with_numpy_pad():
         got = mirror_index(-13, size + 26, size, torch.device("cpu"))
         assert got.dtype == torch.int64
         np.testing.assert_array_equal(got.numpy(), ref)
+
+
+def test_mirror_take_is_a_view_inside_and_the_border_rule_outside():
+    x = torch.arange(2 * 7, dtype=torch.float32).reshape(2, 7)
+    for start, length in [(0, 7), (2, 3), (6, 1), (-3, 5), (4, 6), (-2, 12), (-20, 3)]:
+        got = mirror_take(x, 1, start, length)
+        want = x.index_select(1, mirror_index(start, length, 7, x.device))
+        assert torch.equal(got, want), (start, length)
+        inside = start >= 0 and start + length <= 7
+        assert (got.data_ptr() == x[:, start:].data_ptr()) == inside, (start, length)  # a view only inside
 
 
 def test_as_pair():
