@@ -20,7 +20,7 @@ BUNDLE_FILES = (
     "docs/*.md",
     "docs/*.txt",
     "models/model.pt",
-    "models/stage1_int8.json",
+    "models/int8_calibration.json",
 )
 
 

@@ -27,7 +27,7 @@ Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detecto
 
 The adapted bundle is written as a whole to a temporary folder beside ``out`` and renamed onto it at
 the end, so an error leaves nothing behind: ``configs/`` (the source bundle's, with the new candidate
-threshold), ``models/model.pt``, ``models/model.ts``, ``models/stage1_int8.json`` (stage 1's int8
+threshold), ``models/model.pt``, ``models/model.ts``, ``models/int8_calibration.json`` (the int8
 calibration for ``--int8``, on the new fields and then the own look's, 8 at most), ``docs/``, and
 ``adapt_report.json``.
 """
@@ -481,7 +481,7 @@ def adapt_bundle(
     if old_records:  # read now: a missing image fails before any fine-tuning
         old_images = source_images if source else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
         report["operating_threshold_old_fields"] = len(old_records)
-    # stage 1's int8 calibration: the new fields first, the own look's after them, 8 at most
+    # the int8 calibration: the new fields first, the own look's after them, 8 at most
     int8_images = (images + source_images)[:DEFAULT_CALIBRATION_FIELDS]
     if unlabelled:
         _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start, int8_images)
@@ -523,7 +523,7 @@ def _finish(
 ) -> None:
     """Complete ``report`` and write the adapted bundle: to a temporary folder beside ``out``, renamed onto it.
 
-    The bundle gets its own stage-1 int8 calibration (``models/stage1_int8.json``, for ``--int8``) on
+    The bundle gets its own int8 calibration (``models/int8_calibration.json``, for ``--int8``) on
     ``calibration_images`` when given."""
     report["candidate_threshold"] = candidate_threshold
     report.setdefault("operating_threshold", float(fields.detector.operating_threshold()))

@@ -181,7 +181,7 @@ def load_detector(
     device: str | torch.device = "cpu",
     normalize: bool = True,
     stage1_bf16: bool = False,
-    stage1_int8: bool = False,
+    int8: bool = False,
 ) -> Any:
     """The bundle's detector as a :class:`~mssn_monai.networks.detector.FieldDetector`.
 
@@ -193,11 +193,11 @@ def load_detector(
         device: where to run.
         normalize: use the bundle's stain normalisation when its config enables it.
         stage1_bf16: stage 1 in bfloat16 (:class:`~mssn_monai.networks.detector.FieldDetector`).
-        stage1_int8: stage 1 in 8-bit integers, at the scales of the bundle's
-            ``models/stage1_int8.json`` (written by ``python -m mssn_monai quantize``); CPU only.
+        int8: both stages' convolutions in 8-bit integers, at the scales of the bundle's
+            ``models/int8_calibration.json`` (written by ``python -m mssn_monai quantize``); CPU only.
 
     Raises:
-        FileNotFoundError: missing config or weights (or, with ``stage1_int8``, calibration).
+        FileNotFoundError: missing config or weights (or, with ``int8``, calibration).
         ValueError: weights that do not match the network, or a stage 2 without a reference bank.
     """
     from mssn_monai.networks.detector import FieldDetector
@@ -209,8 +209,8 @@ def load_detector(
     if detector.fpr.references.shape[0] == 0:
         raise ValueError(f"{weights}: stage 2 has no reference bank (untrained FPR); train with configs/train.json")
     normalizer = stain_normalizer(bundle_config(config)) if normalize else None
-    calibration = load_int8_calibration(root) if stage1_int8 else None
-    return FieldDetector(detector, normalizer, stage1_bf16=stage1_bf16, stage1_int8=calibration)
+    calibration = load_int8_calibration(root) if int8 else None
+    return FieldDetector(detector, normalizer, stage1_bf16=stage1_bf16, int8=calibration)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -225,7 +225,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def load_int8_calibration(bundle: str | os.PathLike) -> dict[str, Any]:
-    """The bundle's stage-1 int8 calibration (``models/stage1_int8.json``), checked against its weights.
+    """The bundle's int8 calibration (``models/int8_calibration.json``), checked against its weights.
 
     Raises:
         FileNotFoundError: the bundle has none (the message names the command that writes one).
@@ -238,8 +238,7 @@ def load_int8_calibration(bundle: str | os.PathLike) -> dict[str, Any]:
     path = root / "models" / INT8_CALIBRATION_FILE
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no stage-1 int8 calibration for --int8; "
-            f"write one with `python -m mssn_monai quantize --bundle {root}`"
+            f"{path}: no int8 calibration for --int8; write one with `python -m mssn_monai quantize --bundle {root}`"
         )
     calibration = read_json(path)
     stored = calibration.get("weights_sha256") if isinstance(calibration, dict) else None

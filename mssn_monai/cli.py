@@ -171,8 +171,8 @@ def candidates(
         threshold: candidate probability threshold (default: the bundle's ``candidate_threshold``, 0.5).
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
-        int8: stage 1 in 8-bit integers on CPU (about twice as fast where the CPU has VNNI), at the scales of
-            the bundle's ``models/stage1_int8.json`` (``quantize`` writes it); not with ``--bf16``.
+        int8: both stages' convolutions in 8-bit integers on CPU (fastest where the CPU has VNNI), at the
+            scales of the bundle's ``models/int8_calibration.json`` (``quantize`` writes it); not with ``--bf16``.
     """
 
     spacing = _spacing(spacing)
@@ -212,8 +212,8 @@ def detect(
         overlay: also write ``<stem>_overlay.png`` with the detections drawn.
         device: ``cpu`` or ``cuda`` (default: cuda when available).
         bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
-        int8: stage 1 in 8-bit integers on CPU (about twice as fast where the CPU has VNNI), at the scales of
-            the bundle's ``models/stage1_int8.json`` (``quantize`` writes it); not with ``--bf16``.
+        int8: both stages' convolutions in 8-bit integers on CPU (fastest where the CPU has VNNI), at the
+            scales of the bundle's ``models/int8_calibration.json`` (``quantize`` writes it); not with ``--bf16``.
     """
     from mssn_monai.outputs import write_detection_outputs
 
@@ -280,8 +280,8 @@ def slide(
         reader: ``auto`` (OpenSlide for its own formats and for TIFFs tifffile cannot decode tile by
             tile, tifffile for the others), ``tifffile`` or ``openslide``.
         bf16: stage 1 in bfloat16 (about twice as fast where the CPU or GPU has bfloat16 arithmetic).
-        int8: stage 1 in 8-bit integers on CPU (about twice as fast where the CPU has VNNI), at the scales of
-            the bundle's ``models/stage1_int8.json`` (``quantize`` writes it); not with ``--bf16``.
+        int8: both stages' convolutions in 8-bit integers on CPU (fastest where the CPU has VNNI), at the
+            scales of the bundle's ``models/int8_calibration.json`` (``quantize`` writes it); not with ``--bf16``.
     """
     from mssn_monai.io import remove_stale_temporaries
     from mssn_monai.report import find_hotspot, write_slide_report
@@ -391,11 +391,12 @@ def quantize(
     n_fields: int = 8,
     seed: int = 0,
 ) -> None:
-    """Write the bundle's stage-1 int8 calibration, ``BUNDLE/models/stage1_int8.json``, for ``--int8``.
+    """Write the bundle's int8 calibration, ``BUNDLE/models/int8_calibration.json``, for ``--int8``.
 
-    Runs stage 1 in float32 over fields prepared as detection prepares them (stain normalisation
-    included) and records the scale of every quantized activation; ``detect``, ``candidates`` and
-    ``slide`` with ``--int8`` then run stage 1's convolutions in 8-bit integers at those scales. Calibrate
+    Runs both stages in float32 over fields prepared as detection prepares them (stain normalisation
+    included; stage 2 on the vote patches of stage 1's candidates) and records the scale of every
+    quantized activation; ``detect``, ``candidates`` and ``slide`` with ``--int8`` then run the
+    convolutions of both stages in 8-bit integers at those scales. Calibrate
     on fields like the ones the bundle will see: ``--datalist`` (your lab's fields), else generated
     fields of the whole synthetic family. Re-run it after retraining (``adapt`` writes its own).
 
@@ -415,7 +416,7 @@ def quantize(
 
     report = quantize_bundle(bundle, datalist, section, n_fields, seed)
     print(
-        f"wrote {report['path']}: stage-1 int8 calibration on {report['fields']} fields "
+        f"wrote {report['path']}: int8 calibration on {report['fields']} fields "
         f"({report['engine']} engine, {report['seconds']:.0f} s)"
     )
 
@@ -623,7 +624,7 @@ def _load_fields(bundle: str | None, device: str | None, bf16: bool, int8: bool)
     dev = _device("cpu" if int8 and device is None else device)
     if int8 and dev.type != "cpu":
         raise ValueError(f"--int8 runs on CPU only (got --device {device}); drop --device or use --bf16 on a GPU")
-    return load_detector(bundle, dev, stage1_bf16=bool(bf16), stage1_int8=bool(int8))
+    return load_detector(bundle, dev, stage1_bf16=bool(bf16), int8=bool(int8))
 
 
 def _each_image(input: str, out: str, desc: str, lazy: bool = False) -> Iterator[tuple[Path, Any]]:  # noqa: A002

@@ -59,5 +59,5 @@ MODEL_FILE: Final[str] = "model.pt"
 TORCHSCRIPT_FILE: Final[str] = "model.ts"
 """``ckpt_export``'s TorchScript export of :data:`MODEL_FILE`."""
 
-INT8_CALIBRATION_FILE: Final[str] = "stage1_int8.json"
-"""A bundle's stage-1 int8 calibration, beside :data:`MODEL_FILE` (``python -m mssn_monai quantize``)."""
+INT8_CALIBRATION_FILE: Final[str] = "int8_calibration.json"
+"""A bundle's int8 calibration of both stages, beside :data:`MODEL_FILE` (``python -m mssn_monai quantize``)."""

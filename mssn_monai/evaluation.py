@@ -345,14 +345,14 @@ def score_bundle(
     section: str = "testing",
     device: str | None = None,
     stage1_bf16: bool = False,
-    stage1_int8: bool = False,
+    int8: bool = False,
 ) -> dict[str, Any]:
     """A bundle's detector on a labelled datalist section: stage 1 and the final detections in one pass.
 
     Runs the bundle's ``FieldDetector`` once per field with every voted candidate kept, then scores:
     stage-1 recall and candidates per field, precision / recall / F1 at the bundle's own operating
     threshold, and the best F1 over thresholds in hindsight (what calibration costs). ``stage1_bf16``
-    runs stage 1 in bfloat16, ``stage1_int8`` in 8-bit integers
+    runs stage 1 in bfloat16, ``int8`` both stages in 8-bit integers
     (:class:`~mssn_monai.networks.detector.FieldDetector`).
 
     Returns:
@@ -368,9 +368,9 @@ def score_bundle(
 
     fields = load_detector(
         bundle,
-        "cpu" if stage1_int8 else device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        "cpu" if int8 else device or ("cuda" if torch.cuda.is_available() else "cpu"),
         stage1_bf16=stage1_bf16,
-        stage1_int8=stage1_int8,
+        int8=int8,
     )
     operating = float(fields.detector.operating_threshold())
     fields.detector.threshold_override = 0.0  # every voted candidate, for the sweep

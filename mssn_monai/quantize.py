@@ -1,9 +1,11 @@
-"""``python -m mssn_monai quantize``: a bundle's stage-1 int8 calibration, ``models/stage1_int8.json``.
+"""``python -m mssn_monai quantize``: a bundle's int8 calibration, ``models/int8_calibration.json``.
 
-The calibration (:func:`mssn_monai.networks.quantized.calibrate_fnr`) records the scale of every
-quantized activation of stage 1 as it runs on fields prepared the way detection prepares them (the
-bundle's stain normalisation included). ``detect --int8``, ``candidates --int8``, ``slide --int8`` and
-the benchmark then run stage 1 in 8-bit integers at those scales. Calibrate on fields like the ones
+The calibration (:func:`mssn_monai.networks.quantized.calibrate_fnr` and
+:func:`~mssn_monai.networks.quantized.calibrate_fpr`) records the scale of every quantized activation
+of both stages as they run on fields prepared the way detection prepares them (the bundle's stain
+normalisation included): stage 1 on the whole fields, stage 2 on the vote patches of stage 1's
+candidates. ``detect --int8``, ``candidates --int8``, ``slide --int8`` and the benchmark then run both
+stages' convolutions in 8-bit integers at those scales. Calibrate on fields like the ones
 the bundle will see: a datalist section of your lab's fields, or, by default, generated fields drawn
 from the whole synthetic family (``synth --style random``). ``adapt`` writes one for the adapted
 bundle on the fields it was given.
@@ -21,12 +23,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from mssn_monai.constants import INT8_CALIBRATION_FILE, MODEL_FILE
-from mssn_monai.networks.quantized import calibrate_fnr
+from mssn_monai.constants import APERIO_SPACING_UM, INT8_CALIBRATION_FILE, MODEL_FILE
+from mssn_monai.networks.quantized import calibrate_fnr, calibrate_fpr
+from mssn_monai.ops.intensity import to_float01
+from mssn_monai.ops.patches import gather_patches
 
-__all__ = ["DEFAULT_CALIBRATION_FIELDS", "calibration_fields", "write_calibration", "quantize_bundle"]
+__all__ = [
+    "CALIBRATION_FORMAT",
+    "DEFAULT_CALIBRATION_FIELDS",
+    "calibration_fields",
+    "write_calibration",
+    "quantize_bundle",
+]
 
 logger = logging.getLogger(__name__)
+
+CALIBRATION_FORMAT: int = 1
+"""Version of ``models/int8_calibration.json``'s layout."""
 
 DEFAULT_CALIBRATION_FIELDS: int = 8
 """Generated fields (1024x1024, ``random`` style) a calibration runs on when no datalist is given."""
@@ -41,19 +54,40 @@ def calibration_fields(n: int = DEFAULT_CALIBRATION_FIELDS, seed: int = 0, size:
         yield generate_field((size, size), seed=int(seed) + i, style="random").image
 
 
+def _vote_patches(fields: Any, image: torch.Tensor, spacing_um: float) -> Iterator[torch.Tensor]:
+    """The vote patches of ``image``'s float stage-1 candidates, in the detector's chunks."""
+    det = fields.detector
+    candidates = det.candidates(image, spacing_um)
+    if candidates.shape[0] == 0:
+        return
+    centres = torch.floor(candidates[:, :2].double() + 0.5).long()
+    centres = (centres.unsqueeze(1) + det.offsets.unsqueeze(0)).reshape(-1, 2)
+    for start in range(0, int(centres.shape[0]), det.chunk_size):
+        yield to_float01(gather_patches(image, centres[start : start + det.chunk_size], det.patch_size))
+
+
 def write_calibration(fields: Any, images: Iterable[np.ndarray], models_dir: str | os.PathLike) -> dict[str, Any]:
-    """Calibrate ``fields``' stage 1 (a :class:`~mssn_monai.networks.detector.FieldDetector`) on ``images``
-    (``(H, W, 3)`` uint8, prepared as detection prepares them) and write ``models_dir/stage1_int8.json``
-    (atomically), tied to ``models_dir/model.pt`` by its sha256.
+    """Calibrate both stages of ``fields`` (a :class:`~mssn_monai.networks.detector.FieldDetector`) on
+    ``images`` (``(H, W, 3)`` uint8 fields at :data:`APERIO_SPACING_UM`-like spacing, prepared as detection
+    prepares them) and write ``models_dir/int8_calibration.json`` (atomically), tied to
+    ``models_dir/model.pt`` by its sha256.
 
     Returns:
-        the calibration written.
+        the calibration written: ``{"format", "stage1", "stage2", "weights_sha256"}``.
     """
     from mssn_monai.checkpoints import file_sha256
     from mssn_monai.io import write_json
 
     with torch.no_grad():
-        calibration = calibrate_fnr(fields.detector.fnr, (fields.prepare(image) for image in images))
+        prepared = [fields.prepare(image).cpu() for image in images]
+        det = fields.detector.cpu().eval()
+        calibration = {
+            "format": CALIBRATION_FORMAT,
+            "stage1": calibrate_fnr(det.fnr, prepared),
+            "stage2": calibrate_fpr(
+                det.fpr, (p for image in prepared for p in _vote_patches(fields, image, APERIO_SPACING_UM))
+            ),
+        }
     calibration["weights_sha256"] = file_sha256(Path(models_dir) / MODEL_FILE)
     write_json(Path(models_dir) / INT8_CALIBRATION_FILE, calibration, indent=1)
     return calibration
@@ -66,7 +100,7 @@ def quantize_bundle(
     n_fields: int = DEFAULT_CALIBRATION_FIELDS,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Write ``BUNDLE/models/stage1_int8.json``: stage 1's int8 calibration for the bundle's weights.
+    """Write ``BUNDLE/models/int8_calibration.json``: both stages' int8 calibration for the bundle's weights.
 
     Args:
         bundle: the bundle folder (default: ``checkpoints.DEFAULT_BUNDLE``).
@@ -104,5 +138,5 @@ def quantize_bundle(
     calibration = write_calibration(fields, images, root / "models")
     seconds = time.perf_counter() - start
     path = root / "models" / INT8_CALIBRATION_FILE
-    logger.info("stage-1 int8 calibration on %d fields written to %s (%.1f s)", len(images), path, seconds)
-    return {"path": str(path), "fields": len(images), "engine": calibration["engine"], "seconds": seconds}
+    logger.info("int8 calibration on %d fields written to %s (%.1f s)", len(images), path, seconds)
+    return {"path": str(path), "fields": len(images), "engine": calibration["stage1"]["engine"], "seconds": seconds}

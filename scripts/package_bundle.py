@@ -6,7 +6,7 @@ Writes ``OUT/models/<name>/`` (a folder to copy into a model-zoo checkout's ``mo
     <name>/
       configs/        the bundle's configs, formatted as the zoo's pretty-format-json hook writes them
       docs/           README.md, data_license.txt
-      models/         model.pt and stage1_int8.json (copied) and model.ts (exported here from model.pt: never stale)
+      models/         model.pt and int8_calibration.json (copied), model.ts (exported here from model.pt: never stale)
       samples/        the sample fields (re-encoded as JPEG when a file is over the zoo's 1 MiB limit)
                       and their datalist
       scripts/        __init__.py and a copy of the mssn_monai package: the code the configs import
@@ -256,8 +256,8 @@ def package_bundle(
         _write_code(staging)
         (staging / "models").mkdir()
         shutil.copyfile(root / "models" / "model.pt", staging / "models" / "model.pt")
-        if (root / "models" / "stage1_int8.json").is_file():  # tied to model.pt's bytes, copied unchanged
-            shutil.copyfile(root / "models" / "stage1_int8.json", staging / "models" / "stage1_int8.json")
+        if (root / "models" / "int8_calibration.json").is_file():  # tied to model.pt's bytes, copied unchanged
+            shutil.copyfile(root / "models" / "int8_calibration.json", staging / "models" / "int8_calibration.json")
         _export_torchscript(staging)
         (staging / "large_files.yml").write_text(_large_files_yml(staging, weights_url), newline="\n")
         problems = file_problems(staging)

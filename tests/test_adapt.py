@@ -61,12 +61,12 @@ def test_adapt_writes_a_bundle_detect_uses(pale, tmp_path, capsys):
     out = tmp_path / "adapted"
     main(["adapt", "--datalist", str(pale), "--out", str(out), "--epochs", "0"])
     assert "adapted bundle in" in capsys.readouterr().out
-    assert sorted(p.name for p in (out / "models").iterdir()) == ["model.pt", "model.ts", "stage1_int8.json"]
+    assert sorted(p.name for p in (out / "models").iterdir()) == ["int8_calibration.json", "model.pt", "model.ts"]
     report = json.loads((out / "adapt_report.json").read_text())
     assert report["fields"] == len(json.loads(pale.read_text())["training"]) and report["epochs"] == 0
     # its own int8 calibration, for its own weights: the new fields, then the samples/ fields, 8 in all
     assert report["int8_calibration_fields"] == 8
-    calibration = json.loads((out / "models" / "stage1_int8.json").read_text())
+    calibration = json.loads((out / "models" / "int8_calibration.json").read_text())
     assert calibration["weights_sha256"] == file_sha256(out / "models" / "model.pt")
     shipped = load_detector()
     adapted = load_detector(out)
@@ -97,7 +97,7 @@ def test_adapt_writes_a_bundle_detect_uses(pale, tmp_path, capsys):
     expected = adapted(read_image_rgb(image), 0.2456)["detections"]
     np.testing.assert_allclose(rows[:, :2], expected[:, :2], atol=0.01)
     main(["detect", "--input", str(image), "--out", str(tmp_path / "det8"), "--bundle", str(out), "--int8"])
-    assert json.loads((tmp_path / "det8" / f"{image.stem}.json").read_text())["settings"]["stage1_int8"] is True
+    assert json.loads((tmp_path / "det8" / f"{image.stem}.json").read_text())["settings"]["int8"] is True
     scripted = torch.jit.load(str(out / "models" / "model.ts"))
     net = load_network(out / "models" / "model.pt", out / "configs" / "inference.json", "network_def")
     field = adapted.prepare(read_image_rgb(image))

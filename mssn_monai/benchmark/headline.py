@@ -6,8 +6,8 @@ stain normalisation, both stages), after a warm-up run, as the median of ``repea
 - ``field_seconds``: both stages on one synthetic 2084x2084 field (median of ``repeats``);
   ``field_seconds_bf16`` the same with stage 1 in bfloat16 (``--bf16`` of ``detect``).
 - ``stage1_seconds``: the dense FNR alone on that field (median of ``repeats``).
-- ``field_seconds_int8``, ``stage1_seconds_int8``, ``slide_mm2_per_s_int8``: the same with stage 1 in
-  8-bit integers (``--int8``; CPU, when the bundle has ``models/stage1_int8.json``), with the number
+- ``field_seconds_int8``, ``stage1_seconds_int8``, ``slide_mm2_per_s_int8``: the same with both stages
+  in 8-bit integers (``--int8``; CPU, when the bundle has ``models/int8_calibration.json``), with the number
   of detections beside them (``field_detections_int8``, ``slide_detections_int8``).
 - ``naive_ratio``: the same FNR weights run patch by patch (``classify_patches`` on 120x120 patches,
   one per map cell, batches of 64) on ``naive_cells`` cells, extrapolated to the field's
@@ -107,7 +107,7 @@ def run_benchmark(
     fields.stage1_bf16 = True  # the opt-in: stage 1 in bfloat16, stage 2 float32
     results["field_seconds_bf16"], _ = _median(lambda: fields(image, spacing), repeats, sync)
     fields.stage1_bf16 = False
-    int8 = _int8_fields(bundle, dev)  # the other opt-in: stage 1 in int8 (CPU, the bundle's calibration)
+    int8 = _int8_fields(bundle, dev)  # the other opt-in: both stages in int8 (CPU, the bundle's calibration)
     if int8 is not None:
         results["field_seconds_int8"], out8 = _median(lambda: int8(image, spacing), repeats, sync)
         results["field_detections_int8"] = int(len(out8["detections"]))
@@ -170,14 +170,14 @@ def run_benchmark(
 
 
 def _int8_fields(bundle: str | None, dev: Any) -> Any:
-    """The bundle's detector with stage 1 in int8, or ``None`` on a GPU or without ``models/stage1_int8.json``."""
+    """The bundle's detector in int8, or ``None`` on a GPU or without ``models/int8_calibration.json``."""
     from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_detector
     from mssn_monai.constants import INT8_CALIBRATION_FILE
 
     root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
     if dev.type != "cpu" or not (root / "models" / INT8_CALIBRATION_FILE).is_file():
         return None
-    fields = load_detector(root, dev, stage1_int8=True)
+    fields = load_detector(root, dev, int8=True)
     fields.detector.progress = False
     return fields
 

@@ -421,11 +421,13 @@ class FieldDetector:
             CPUs with AVX512-BF16 or AMX and on recent GPUs, slower where bfloat16 is emulated. The map
             moves by about 1e-3 in probability on average (up to 0.05 at a cell); stage 2 stays float32.
             Off by default.
-        stage1_int8: a stage-1 int8 calibration (:func:`~mssn_monai.networks.quantized.calibrate_fnr`,
-            a bundle's ``models/stage1_int8.json``) to run stage 1's convolutions in 8-bit integers
-            (:func:`~mssn_monai.networks.quantized.quantize_fnr`; CPU only, fastest with VNNI), or
-            ``None`` (float32). The map moves by about 1e-3 in probability on average (up to 0.05 at a
-            cell); stage 2 stays float32. Off by default; not with ``stage1_bf16``.
+        int8: an int8 calibration of both stages (``{"stage1": ..., "stage2": ...}``, a bundle's
+            ``models/int8_calibration.json``, :func:`~mssn_monai.networks.quantized.calibrate_fnr` and
+            :func:`~mssn_monai.networks.quantized.calibrate_fpr`) to run both stages' convolutions in
+            8-bit integers (:mod:`mssn_monai.networks.quantized`; CPU only, fastest with VNNI), or
+            ``None`` (float32). The stage-1 map moves by about 1e-3 in probability on average (up to
+            0.05 at a cell), the embeddings by about 1e-4 in cosine. Off by default; not with
+            ``stage1_bf16``.
 
     Example:
         >>> fields = FieldDetector(detector, normalizer)
@@ -438,7 +440,7 @@ class FieldDetector:
         normalizer: Any = None,
         block_px: int | None = None,
         stage1_bf16: bool = False,
-        stage1_int8: Mapping[str, Any] | None = None,
+        int8: Mapping[str, Any] | None = None,
     ) -> None:
         tile_px = detector.tile_cells * detector.output_stride
         block_px = max(BLOCK_PX // tile_px, 1) * tile_px if block_px is None else block_px
@@ -448,28 +450,34 @@ class FieldDetector:
         self.normalizer = normalizer
         self.block_px = block_px
         self.stage1_bf16 = bool(stage1_bf16)
-        self._int8_fnr = None
-        if stage1_int8 is not None:
+        self._int8: dict[str, nn.Module] = {}
+        if int8 is not None:
             if self.stage1_bf16:
-                raise ValueError("stage1_int8 and stage1_bf16 exclude each other; choose one.")
+                raise ValueError("int8 and stage1_bf16 exclude each other; choose one.")
             if self._device.type != "cpu":
-                raise ValueError(f"stage1_int8 runs on CPU only; the detector is on {self._device}.")
-            from mssn_monai.networks.quantized import quantize_fnr
+                raise ValueError(f"int8 runs on CPU only; the detector is on {self._device}.")
+            from mssn_monai.networks.quantized import quantize_fnr, quantize_fpr
 
-            self._int8_fnr = quantize_fnr(detector.fnr, stage1_int8)
+            missing = [key for key in ("stage1", "stage2") if not isinstance(int8.get(key), Mapping)]
+            if missing:
+                raise ValueError(f"the int8 calibration has no {' or '.join(missing)} entry; re-run `quantize`.")
+            self._int8 = {
+                "fnr": quantize_fnr(detector.fnr, int8["stage1"]),
+                "fpr": quantize_fpr(detector.fpr, int8["stage2"]),
+            }
 
     @property
-    def stage1_int8(self) -> bool:
-        """Whether stage 1 runs in 8-bit integers."""
-        return self._int8_fnr is not None
+    def int8(self) -> bool:
+        """Whether both stages' convolutions run in 8-bit integers."""
+        return bool(self._int8)
 
-    def _stage1_detector(self) -> MSSNDetector:
-        """The detector whose ``stage1_region`` runs: :attr:`detector`, or a shallow copy of it sharing every
-        module but ``fnr``, which is the int8 network."""
-        if self._int8_fnr is None:
+    def _runner(self) -> MSSNDetector:
+        """The detector whose stages run: :attr:`detector`, or with ``int8`` a shallow copy of it sharing its
+        settings and every module but ``fnr`` and ``fpr``, which are their int8 twins."""
+        if not self._int8:
             return self.detector
         clone = copy.copy(self.detector)
-        clone._modules = {**self.detector._modules, "fnr": self._int8_fnr}
+        clone._modules = {**self.detector._modules, **self._int8}
         return clone
 
     @property
@@ -479,7 +487,7 @@ class FieldDetector:
             **self.detector.settings(),
             "stain_normalization": self.normalizer is not None,
             "stage1_bf16": self.stage1_bf16,
-            "stage1_int8": self.stage1_int8,
+            "int8": self.int8,
         }
 
     @property
@@ -557,7 +565,7 @@ class FieldDetector:
         y1, x1 = min(h, s * (r0 + rows - 1) + qy + 1), min(w, s * (c0 + cols - 1) + qx + 1)
         window = crop(y0, y1, x0, x1)
         with torch.autocast(window.device.type, dtype=torch.bfloat16, enabled=self.stage1_bf16):
-            maps = self._stage1_detector().stage1_region(window, r0 - y0 // s, rows, c0 - x0 // s, cols)
+            maps = self._runner().stage1_region(window, r0 - y0 // s, rows, c0 - x0 // s, cols)
         return maps[det.fnr.fused_key]
 
     def _vote_box(
@@ -566,7 +574,7 @@ class FieldDetector:
         """:meth:`MSSNDetector.vote` of ``candidates`` (field pixels), reading only their bounding box and the
         vote's patch context around it (nothing when there are none): inside the window stage 1 read for
         them, so a cached window is cut, not read again."""
-        det = self.detector
+        det = self._runner()
         if candidates.shape[0] == 0:
             return det.vote(torch.zeros(3, 1, 1, device=candidates.device), candidates)
         halo = det.patch_size // 2 + int(math.ceil(det.vote_radius_px)) + 1
@@ -610,7 +618,7 @@ class FieldDetector:
         return fused
 
     def _vote(self, crop: Callable, h: int, w: int, candidates: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        det, s = self.detector, self.detector.output_stride
+        det, s = self._runner(), self.detector.output_stride
         n = int(candidates.shape[0])
         centres = torch.floor(candidates[:, :2].double() + 0.5).long()
         blocks = self._blocks(-(-h // s), -(-w // s))

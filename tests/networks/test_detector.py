@@ -195,7 +195,7 @@ def test_field_detector_equals_detect_on_the_tensor(shipped, sample):
         **shipped.settings(),
         "stain_normalization": False,
         "stage1_bf16": False,
-        "stage1_int8": False,
+        "int8": False,
     }
 
 

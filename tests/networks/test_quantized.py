@@ -1,5 +1,5 @@
-"""Stage 1 in int8 (``mssn_monai.networks.quantized``): the float network's maps to the int8 rounding, tiles
-that stitch exactly, a calibration that must match the network, and the bundle's calibration file."""
+"""Both stages in int8 (``mssn_monai.networks.quantized``): the float networks' maps and embeddings to the int8
+rounding, tiles that stitch exactly, a calibration that must match the network, and the bundle's calibration file."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from mssn_monai.cli import main
 from mssn_monai.networks.detector import FieldDetector, MSSNDetector
 from mssn_monai.networks.fnr import MultiScaleFNR
 from mssn_monai.networks.fpr import SiameseEmbedding
-from mssn_monai.networks.quantized import calibrate_fnr, quantize_fnr
+from mssn_monai.networks.quantized import calibrate_fnr, calibrate_fpr, quantize_fnr, quantize_fpr
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _images(seed: int, n: int, shape: tuple[int, int] = (140, 170)) -> list[torc
 
 def test_int8_maps_follow_the_float_maps(net):
     calibration = calibrate_fnr(net, _images(0, 3))
-    assert calibration["images"] == 3 and calibration["format"] == 1
+    assert calibration["images"] == 3
     # one scale per quantized activation: the input, the two stem layers and every branch layer
     n_branch_layers = sum(len(b) for h in net.heads.values() for b in h.branches)
     assert len(calibration["activations"]) == 1 + 2 + n_branch_layers
@@ -68,23 +68,51 @@ def test_calibration_must_match_the_network(net):
     other = MultiScaleFNR(sub_models=("square72", "crossbar"), stem_channels=(4, 8), head_channels=4, features=4).eval()
     with pytest.raises(ValueError, match="does not match this stage-1 network"):
         quantize_fnr(other, calibration)
-    with pytest.raises(ValueError, match="format"):
-        quantize_fnr(net, {"activations": calibration["activations"]})
+    with pytest.raises(ValueError, match="not an int8 calibration"):
+        quantize_fnr(net, {"engine": calibration["engine"]})
+    with pytest.raises(ValueError, match="does not match this stage-2 network"):
+        quantize_fpr(SiameseEmbedding(channels=(8, 8), embedding_dim=4), calibration)
     with pytest.raises(ValueError, match="at least one image"):
         calibrate_fnr(net, [])
     with pytest.raises(ValueError, match="quantized engine"):
         quantize_fnr(net, {**calibration, "engine": "no-such-engine"})
 
 
+def test_int8_embeddings_follow_the_float_embeddings():
+    torch.manual_seed(0)
+    fpr = SiameseEmbedding(channels=(8, 16), embedding_dim=8).eval()
+    fpr.set_references(torch.nn.functional.normalize(torch.randn(5, 8), dim=1), torch.tensor([0, 1, 2, 1, 0]))
+    patches = torch.rand(40, 3, 96, 96)
+    calibration = calibrate_fpr(fpr, [patches[:20], patches[:0], patches[20:]])
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in fpr.features.modules())
+    assert calibration["patches"] == 40 and len(calibration["activations"]) == 1 + n_convs  # the input + each conv
+    q = quantize_fpr(fpr, calibration)
+    assert torch.equal(q.references, fpr.references) and torch.equal(q.calibration, fpr.calibration)
+    with torch.no_grad():
+        cosine = (q(patches[:8]) * fpr(patches[:8])).sum(dim=1)
+    assert cosine.shape == (8,) and float(cosine.min()) > 0.99
+    assert all(p.dtype == torch.float32 for p in fpr.parameters())  # the float network is untouched
+    with pytest.raises(ValueError, match="at least one patch"):
+        calibrate_fpr(fpr, [patches[:0]])
+
+
+def _both(net: MultiScaleFNR, det: MSSNDetector) -> dict:
+    return {"stage1": calibrate_fnr(net, _images(0, 1)), "stage2": calibrate_fpr(det.fpr, [torch.rand(4, 3, 96, 96)])}
+
+
 def test_field_detector_options(net):
     det = MSSNDetector(net, SiameseEmbedding()).eval()
-    calibration = calibrate_fnr(net, _images(0, 1))
+    calibration = _both(net, det)
     with pytest.raises(ValueError, match="exclude each other"):
-        FieldDetector(det, stage1_bf16=True, stage1_int8=calibration)
-    fields = FieldDetector(det, stage1_int8=calibration)
-    assert fields.stage1_int8 and fields.settings["stage1_int8"] is True
-    assert fields._stage1_detector().fnr is not det.fnr and det.fnr is net  # the detector keeps its float stage 1
-    assert not FieldDetector(det).stage1_int8
+        FieldDetector(det, stage1_bf16=True, int8=calibration)
+    with pytest.raises(ValueError, match="no stage2 entry"):
+        FieldDetector(det, int8={"stage1": calibration["stage1"]})
+    fields = FieldDetector(det, int8=calibration)
+    assert fields.int8 and fields.settings["int8"] is True
+    runner = fields._runner()
+    assert runner.fnr is not det.fnr and runner.fpr is not det.fpr  # the int8 twins
+    assert det.fnr is net and runner.candidate_threshold == det.candidate_threshold  # the detector is untouched
+    assert not FieldDetector(det).int8 and FieldDetector(det)._runner() is det
 
 
 @pytest.fixture()
@@ -103,12 +131,13 @@ def test_bundle_calibration_file(bundle_copy, tmp_path, capsys):
         main(["detect", "--input", str(tmp_path), "--out", str(tmp_path / "o"), "--bundle", str(bundle_copy), "--int8"])
     assert e.value.code == 2 and "quantize" in capsys.readouterr().err
     main(["quantize", "--bundle", str(bundle_copy), "--n-fields", "1"])
-    assert "stage-1 int8 calibration on 1 fields" in capsys.readouterr().out
-    path = bundle_copy / "models" / "stage1_int8.json"
+    assert "int8 calibration on 1 fields" in capsys.readouterr().out
+    path = bundle_copy / "models" / "int8_calibration.json"
     calibration = load_int8_calibration(bundle_copy)
     assert calibration["weights_sha256"] == file_sha256(bundle_copy / "models" / "model.pt")
-    fields = load_detector(bundle_copy, stage1_int8=True)
-    assert fields.stage1_int8
+    assert calibration["stage1"]["images"] == 1 and calibration["stage2"]["patches"] > 0  # the field's vote patches
+    fields = load_detector(bundle_copy, int8=True)
+    assert fields.int8
     # new weights make the calibration stale: refused, with the command that fixes it
     (bundle_copy / "models" / "model.pt").write_bytes((bundle_copy / "models" / "model.pt").read_bytes() + b"\0")
     with pytest.raises(ValueError, match="other weights"):
@@ -129,4 +158,5 @@ def test_int8_cli_refusals(tmp_path, capsys):
 
 def test_shipped_bundle_has_a_current_calibration():
     calibration = load_int8_calibration(DEFAULT_BUNDLE)  # refuses a stale one
-    assert calibration["engine"] in torch.backends.quantized.supported_engines
+    for stage in ("stage1", "stage2"):
+        assert calibration[stage]["engine"] in torch.backends.quantized.supported_engines
