@@ -28,7 +28,8 @@ Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detecto
 The adapted bundle is written as a whole to a temporary folder beside ``out`` and renamed onto it at
 the end, so an error leaves nothing behind: ``configs/`` (the source bundle's, with the new candidate
 threshold), ``models/model.pt``, ``models/model.ts``, ``models/int8_calibration.json`` (the int8
-calibration for ``--int8``, on the new fields and then the own look's, 8 at most), ``docs/``, and
+calibration for ``--int8``, on the new fields and then the own look's, 8 at most; not with ``int8=False``),
+``docs/``, and
 ``adapt_report.json``.
 """
 
@@ -386,6 +387,7 @@ def adapt_bundle(
     align: bool = True,
     unlabelled: bool = False,
     joint_threshold: bool = False,
+    int8: bool = True,
 ) -> dict[str, Any]:
     """Adapt a bundle to a new look from a few labelled fields and write the adapted bundle at ``out``.
 
@@ -413,6 +415,8 @@ def adapt_bundle(
             bundle's own look (``replay``, else ``samples/``), each look weighing the same, so the old
             look keeps more of its F1 at some cost to the new look's (step 3; the calibration stays the
             new fields').
+        int8: also write the adapted bundle's int8 calibration (``models/int8_calibration.json``, for
+            ``--int8``) on the new fields and then the own look's, 8 at most (10-20 s on 2 CPU cores).
 
     Returns:
         the report written to ``out/adapt_report.json``.
@@ -482,7 +486,7 @@ def adapt_bundle(
         old_images = source_images if source else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
         report["operating_threshold_old_fields"] = len(old_records)
     # the int8 calibration: the new fields first, the own look's after them, 8 at most
-    int8_images = (images + source_images)[:DEFAULT_CALIBRATION_FIELDS]
+    int8_images = (images + source_images)[:DEFAULT_CALIBRATION_FIELDS] if int8 else []
     if unlabelled:
         _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start, int8_images)
         return report

@@ -434,6 +434,7 @@ def adapt(
     align: bool = True,
     unlabelled: bool = False,
     joint_threshold: bool = False,
+    int8: bool = True,
 ) -> None:
     """Teach the detector a new lab's look from a few labelled fields; writes an adapted bundle at OUT.
 
@@ -464,6 +465,7 @@ def adapt(
         joint_threshold: fit the operating threshold on the new fields and the labelled fields of the
             bundle's own look (``--replay``, else ``samples/``), each look weighing the same: less
             forgetting of the old look, a little less F1 on the new one.
+        int8: write the adapted bundle's int8 calibration for ``--int8`` (``--noint8`` skips it: 10-20 s less).
     """
     from mssn_monai.adapt import adapt_bundle
 
@@ -480,6 +482,7 @@ def adapt(
         align=align,
         unlabelled=unlabelled,
         joint_threshold=joint_threshold,
+        int8=int8,
     )
     if unlabelled:
         print(f"adapted bundle in {out}: stage 1 aligned to {report['fields']} fields, {report['seconds']:.0f} s")

@@ -89,7 +89,7 @@ def write_calibration(fields: Any, images: Iterable[np.ndarray], models_dir: str
             ),
         }
     calibration["weights_sha256"] = file_sha256(Path(models_dir) / MODEL_FILE)
-    write_json(Path(models_dir) / INT8_CALIBRATION_FILE, calibration, indent=1)
+    write_json(Path(models_dir) / INT8_CALIBRATION_FILE, calibration, indent=4)  # as the model zoo formats JSON
     return calibration
 
 

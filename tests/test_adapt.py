@@ -111,7 +111,8 @@ def test_adapt_unlabelled_aligns_stage1_only(pale, tmp_path, capsys):
     bare = [{"image": str((pale.parent / r["image"]).resolve()), "spacing": r["spacing"]} for r in records]
     (tmp_path / "bare.json").write_text(json.dumps({"training": bare}))
     out = tmp_path / "aligned"
-    main(["adapt", "--datalist", str(tmp_path / "bare.json"), "--out", str(out), "--unlabelled"])
+    main(["adapt", "--datalist", str(tmp_path / "bare.json"), "--out", str(out), "--unlabelled", "--noint8"])
+    assert not (out / "models" / "int8_calibration.json").exists()  # --noint8: no calibration
     assert f"stage 1 aligned to {len(bare)} fields" in capsys.readouterr().out
     report = json.loads((out / "adapt_report.json").read_text())
     assert report["aligned"] and report["mitoses"] == 0 and "seconds_fine_tune" not in report

@@ -3,6 +3,7 @@ rounding, tiles that stitch exactly, a calibration that must match the network, 
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -134,6 +135,7 @@ def test_bundle_calibration_file(bundle_copy, tmp_path, capsys):
     assert "int8 calibration on 1 fields" in capsys.readouterr().out
     path = bundle_copy / "models" / "int8_calibration.json"
     calibration = load_int8_calibration(bundle_copy)
+    assert path.read_text() == json.dumps(calibration, indent=4) + "\n"  # as the model zoo's JSON hook formats it
     assert calibration["weights_sha256"] == file_sha256(bundle_copy / "models" / "model.pt")
     assert calibration["stage1"]["images"] == 1 and calibration["stage2"]["patches"] > 0  # the field's vote patches
     fields = load_detector(bundle_copy, int8=True)
