@@ -151,7 +151,11 @@ def test_wheel_installs_and_detects_with_the_bundle_it_carries(tmp_path):
             for line in zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode().splitlines()
             if line.startswith("Requires-Dist:") and "extra ==" not in line
         ]
-    assert {"mssn_monai/bundle/configs/inference.json", "mssn_monai/bundle/models/model.pt"} <= names
+    assert {
+        "mssn_monai/bundle/configs/inference.json",
+        "mssn_monai/bundle/models/model.pt",
+        "mssn_monai/bundle/models/int8_calibration.json",
+    } <= names
     assert not any(n.startswith(("tests/", "mssn_monai/bundle/samples")) for n in names)
     assert not any(r.lower().startswith(("pytest", "nibabel")) for r in requires), requires
     constraints = ["-c", ROOT / "constraints.txt"]  # the CPU torch pin, as the Makefile installs it
@@ -181,6 +185,13 @@ def test_wheel_installs_and_detects_with_the_bundle_it_carries(tmp_path):
     assert len(got) == len(expected) > 0
     order = lambda p: p[np.lexsort((p[:, 0], p[:, 1]))]  # noqa: E731
     np.testing.assert_allclose(order(np.asarray(got)), order(np.asarray(expected)), atol=1e-4)
+    # --int8 with the calibration the wheel carries (tied to its model.pt: a stale one would be refused)
+    _run(
+        [python, "-m", "mssn_monai", "detect", "--input", tmp_path / "in", "--out", tmp_path / "out8", "--int8"],
+        cwd=tmp_path,
+    )
+    assert json.loads((tmp_path / "out8" / "crop.json").read_text())["settings"]["int8"] is True
     with tarfile.open(sdist) as tf:
         sdist_names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
         assert "bundle/models/model.pt" in sdist_names and "setup.py" in sdist_names
+        assert "bundle/models/int8_calibration.json" in sdist_names
