@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -190,14 +190,18 @@ def calibrate_fpr(fpr: SiameseEmbedding, patches: Iterable[torch.Tensor], engine
     return {"engine": engine, "patches": n, "activations": _scales(net)}
 
 
-def _convert(net: nn.Module, calibration: Mapping[str, Any], what: str) -> nn.Module:
-    """``net`` (prepared) converted to int8 at the stored scales of ``calibration``."""
+def _convert(prepare: Callable[[str], nn.Module], calibration: Mapping[str, Any], what: str) -> nn.Module:
+    """The network ``prepare(engine)`` builds, converted to int8 at the stored scales of ``calibration``
+    (with its engine selected)."""
     import torch.ao.quantization as tq
     from torch.ao.quantization.observer import FixedQParamsObserver
 
     if not isinstance(calibration, Mapping) or not isinstance(calibration.get("activations"), Mapping):
         keys = sorted(calibration) if isinstance(calibration, Mapping) else type(calibration).__name__
         raise ValueError(f"not an int8 calibration of {what}: {keys}")
+    engine = _engine(str(calibration.get("engine")))
+    torch.backends.quantized.engine = engine
+    net = prepare(engine)
     observers = _activation_observers(net)
     stored = calibration["activations"]
     if set(observers) != set(stored):
@@ -233,9 +237,7 @@ def quantize_fnr(fnr: MultiScaleFNR, calibration: Mapping[str, Any]) -> MultiSca
         ValueError: a calibration of another network (its modules do not match), or of an engine this
             PyTorch build lacks.
     """
-    engine = _engine(str(calibration.get("engine")) if isinstance(calibration, Mapping) else None)
-    torch.backends.quantized.engine = engine
-    return _convert(_prepared_fnr(fnr, engine), calibration, "stage-1 network")
+    return _convert(lambda engine: _prepared_fnr(fnr, engine), calibration, "stage-1 network")
 
 
 def quantize_fpr(fpr: SiameseEmbedding, calibration: Mapping[str, Any]) -> SiameseEmbedding:
@@ -253,6 +255,4 @@ def quantize_fpr(fpr: SiameseEmbedding, calibration: Mapping[str, Any]) -> Siame
     Raises:
         ValueError: as :func:`quantize_fnr`.
     """
-    engine = _engine(str(calibration.get("engine")) if isinstance(calibration, Mapping) else None)
-    torch.backends.quantized.engine = engine
-    return _convert(_prepared_fpr(fpr, engine), calibration, "stage-2 network")
+    return _convert(lambda engine: _prepared_fpr(fpr, engine), calibration, "stage-2 network")
