@@ -595,8 +595,13 @@ class NormalizeHEStain(Transform):
         white, stains, max_conc = fitted
         levels = torch.arange(256, dtype=torch.float32).div(255.0).expand(3, 256)
         table = rgb_to_od(levels, torch.as_tensor(white, dtype=torch.float32).view(3, 1)).numpy()  # (3, 256)
-        od = torch.from_numpy(np.stack([np.take(table[c], image[..., c]) for c in range(3)]))  # numpy: uint8 indices
-        return od_to_rgb(_mix_channels(od, self._render_matrix(stains, max_conc, od)), self.target_white)
+        od = np.empty((3, *image.shape[:2]), dtype=np.float32)
+        for c in range(3):  # numpy: uint8 indices, written in place
+            np.take(table[c], image[..., c], out=od[c])
+        mixed = _mix_channels(torch.from_numpy(od), self._render_matrix(stains, max_conc, torch.from_numpy(od)))
+        # od_to_rgb's operations, in place on the fresh mixed tensor: the same numbers without 3 temporaries
+        white_out = torch.as_tensor(self.target_white, dtype=mixed.dtype)
+        return torch.exp_(mixed.neg_()).mul_(white_out).clamp_(0.0, 1.0)
 
     def _render_matrix(self, stains: np.ndarray, max_conc: np.ndarray, like: torch.Tensor) -> torch.Tensor:
         """The ``(3, 3)`` OD map of :meth:`apply`: concentrations (``od @ pinv(stains)``) rescaled per stain,
