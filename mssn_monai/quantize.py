@@ -55,13 +55,13 @@ def calibration_fields(n: int = DEFAULT_CALIBRATION_FIELDS, seed: int = 0, size:
 
 
 def _vote_patches(fields: Any, image: torch.Tensor, spacing_um: float) -> Iterator[torch.Tensor]:
-    """The vote patches of ``image``'s float stage-1 candidates, in the detector's chunks."""
+    """The vote patches of ``image``'s float stage-1 candidates (as :meth:`MSSNDetector.vote` cuts them), in
+    chunks of ``chunk_size``."""
     det = fields.detector
     candidates = det.candidates(image, spacing_um)
     if candidates.shape[0] == 0:
         return
-    centres = torch.floor(candidates[:, :2].double() + 0.5).long()
-    centres = (centres.unsqueeze(1) + det.offsets.unsqueeze(0)).reshape(-1, 2)
+    centres = det.vote_centres(candidates)
     for start in range(0, int(centres.shape[0]), det.chunk_size):
         yield to_float01(gather_patches(image, centres[start : start + det.chunk_size], det.patch_size))
 

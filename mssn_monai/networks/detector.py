@@ -276,6 +276,20 @@ class MSSNDetector(nn.Module):
         return self.peaks(self.stage1_maps(image)[self.fnr.fused_key], spacing_um)
 
     @torch.jit.export
+    def vote_centres(self, candidates: torch.Tensor) -> torch.Tensor:
+        """Centres of the vote's patches: each candidate rounded to the nearest pixel, plus every offset
+        within ``vote_radius_px`` (:func:`~mssn_monai.networks.fpr.vote_offsets`).
+
+        Args:
+            candidates: ``(N, 2+)`` rows starting ``x, y`` in pixels.
+
+        Returns:
+            ``(N * K, 2)`` int64 ``x, y``, the ``K`` patches of each candidate together.
+        """
+        centres = torch.floor(candidates[:, :2].double() + 0.5).long()
+        return (centres.unsqueeze(1) + self.offsets.unsqueeze(0)).reshape(-1, 2)
+
+    @torch.jit.export
     def vote(self, image: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage 2: the FPR vote of every candidate, ``chunk_size`` patches per forward pass.
 
@@ -292,8 +306,7 @@ class MSSNDetector(nn.Module):
         if n == 0 or self.fpr.references.shape[0] == 0:  # nothing to vote on, or an untrained FPR: keep nothing
             votes = torch.zeros(n, dtype=self.fpr.calibration.dtype, device=image.device)
             return votes > 0, votes, self.fpr.calibrated_score(votes)
-        centres = torch.floor(candidates[:, :2].double() + 0.5).long()
-        centres = (centres.unsqueeze(1) + self.offsets.unsqueeze(0)).reshape(-1, 2)  # (N * K, 2)
+        centres = self.vote_centres(candidates)  # (N * K, 2)
         per_chunk = max(self.chunk_size // k, 1) * k  # whole candidates per chunk
         c1_parts: list[torch.Tensor] = []
         c0_parts: list[torch.Tensor] = []
