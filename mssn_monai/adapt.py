@@ -28,9 +28,8 @@ Steps (each runs the bundle's own detector, :class:`~mssn_monai.networks.detecto
 The adapted bundle is written as a whole to a temporary folder beside ``out`` and renamed onto it at
 the end, so an error leaves nothing behind: ``configs/`` (the source bundle's, with the new candidate
 threshold), ``models/model.pt``, ``models/model.ts``, ``models/int8_calibration.json`` (the int8
-calibration for ``--int8``, on the new fields and then the own look's, 8 at most; not with ``int8=False``),
-``docs/``, and
-``adapt_report.json``.
+calibration for ``--int8``, on the new fields and then the own look's, 8 at most; not with
+``int8=False``), ``docs/``, and ``adapt_report.json``.
 """
 
 from __future__ import annotations
@@ -49,11 +48,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from mssn_monai.constants import MATCH_RADIUS_UM, MODEL_FILE, TORCHSCRIPT_FILE
+from mssn_monai.constants import INT8_CALIBRATION_FIELDS, MATCH_RADIUS_UM, MODEL_FILE, TORCHSCRIPT_FILE
 from mssn_monai.data.datalist import spread
 from mssn_monai.io import read_image_rgb, write_json
 from mssn_monai.keys import DatalistKeys, PatchClass
-from mssn_monai.quantize import DEFAULT_CALIBRATION_FIELDS, write_calibration
+from mssn_monai.quantize import write_calibration
 
 __all__ = ["ALIGN_TILE_PX", "CANDIDATE_THRESHOLDS", "adapt_bundle", "align_stage1", "leave_one_field_out_threshold"]
 
@@ -486,7 +485,7 @@ def adapt_bundle(
         old_images = source_images if source else [read_image_rgb(r[DatalistKeys.IMAGE]) for r in old_records]
         report["operating_threshold_old_fields"] = len(old_records)
     # the int8 calibration: the new fields first, the own look's after them, 8 at most
-    int8_images = (images + source_images)[:DEFAULT_CALIBRATION_FIELDS] if int8 else []
+    int8_images = (images + source_images)[:INT8_CALIBRATION_FIELDS] if int8 else []
     if unlabelled:
         _finish(src, out, fields, float(fields.detector.candidate_threshold), report, t_start, int8_images)
         return report

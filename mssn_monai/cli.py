@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mssn_monai.constants import APERIO_SPACING_UM, DEFAULT_SPACING_UM, MATCH_RADIUS_UM
+from mssn_monai.constants import APERIO_SPACING_UM, DEFAULT_SPACING_UM, INT8_CALIBRATION_FIELDS, MATCH_RADIUS_UM
 
 __all__ = [
     "synth",
@@ -388,7 +388,7 @@ def quantize(
     bundle: str | None = None,
     datalist: str | None = None,
     section: str = "training",
-    n_fields: int = 8,
+    n_fields: int = INT8_CALIBRATION_FIELDS,
     seed: int = 0,
 ) -> None:
     """Write the bundle's int8 calibration, ``BUNDLE/models/int8_calibration.json``, for ``--int8``.

@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from mssn_monai.constants import APERIO_SPACING_UM, INT8_CALIBRATION_FILE, MODEL_FILE
+from mssn_monai.constants import APERIO_SPACING_UM, INT8_CALIBRATION_FIELDS, INT8_CALIBRATION_FILE, MODEL_FILE
 from mssn_monai.networks.quantized import calibrate_fnr, calibrate_fpr
 from mssn_monai.ops.intensity import to_float01
 from mssn_monai.ops.patches import gather_patches
 
 __all__ = [
     "CALIBRATION_FORMAT",
-    "DEFAULT_CALIBRATION_FIELDS",
     "calibration_fields",
     "write_calibration",
     "quantize_bundle",
@@ -41,11 +40,8 @@ logger = logging.getLogger(__name__)
 CALIBRATION_FORMAT: int = 1
 """Version of ``models/int8_calibration.json``'s layout."""
 
-DEFAULT_CALIBRATION_FIELDS: int = 8
-"""Generated fields (1024x1024, ``random`` style) a calibration runs on when no datalist is given."""
 
-
-def calibration_fields(n: int = DEFAULT_CALIBRATION_FIELDS, seed: int = 0, size: int = 1024) -> Iterator[np.ndarray]:
+def calibration_fields(n: int = INT8_CALIBRATION_FIELDS, seed: int = 0, size: int = 1024) -> Iterator[np.ndarray]:
     """``n`` generated ``(size, size, 3)`` uint8 fields, each a fresh look of the synthetic family
     (seeds ``seed + i``)."""
     from mssn_monai.data.synthetic import generate_field
@@ -97,7 +93,7 @@ def quantize_bundle(
     bundle: str | os.PathLike | None = None,
     datalist: str | os.PathLike | None = None,
     section: str = "training",
-    n_fields: int = DEFAULT_CALIBRATION_FIELDS,
+    n_fields: int = INT8_CALIBRATION_FIELDS,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Write ``BUNDLE/models/int8_calibration.json``: both stages' int8 calibration for the bundle's weights.
