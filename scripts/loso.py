@@ -185,19 +185,28 @@ def refit(out: str, holdouts: str | tuple[str, ...] | None = None) -> list[dict]
     return table(out)
 
 
-def table(out: str) -> list[dict]:
-    """Score every trained fold on its held-out look; print the table and write ``OUT/loso.json``."""
+def table(out: str, int8: bool = False) -> list[dict]:
+    """Score every trained fold on its held-out look; print the table and write ``OUT/loso.json``.
+
+    With ``--int8`` each fold's bundle first gets its int8 calibration on the fold's own training
+    fields (``quantize --datalist FOLD/datalist.json``; never the held-out look's), then is scored with
+    both stages in int8; the table goes to ``OUT/loso_int8.json``.
+    """
+    from mssn_monai.quantize import quantize_bundle
+
     rows = []
     for style in _styles():
         fold = Path(out) / "folds" / style
         if not (fold / "bundle" / "models" / "model.pt").is_file():
             continue
-        row = {"holdout": style, **score_bundle(fold / "bundle", fold / "datalist.json")}
+        if int8:
+            quantize_bundle(fold / "bundle", fold / "datalist.json", "training")
+        row = {"holdout": style, **score_bundle(fold / "bundle", fold / "datalist.json", int8=bool(int8))}
         secs = fold / "train_seconds.txt"
         row["train_seconds"] = float(secs.read_text()) if secs.is_file() else None
         rows.append(row)
     _print(rows)
-    Path(out, "loso.json").write_text(json.dumps(rows, indent=2) + "\n")
+    Path(out, "loso_int8.json" if int8 else "loso.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
