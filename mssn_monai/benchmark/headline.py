@@ -108,7 +108,7 @@ def run_benchmark(
     fields.stage1_bf16 = True  # the opt-in: stage 1 in bfloat16, stage 2 float32
     results["field_seconds_bf16"], _ = _median(lambda: fields(image, spacing), repeats, sync)
     fields.stage1_bf16 = False
-    int8 = _int8_fields(bundle, dev)  # the other opt-in: both stages in int8 (CPU, the bundle's calibration)
+    int8 = _int8_fields(fields, bundle, dev)  # the other opt-in: both stages in int8 (CPU, the bundle's calibration)
     if int8 is not None:
         results["field_seconds_int8"], out8 = _median(lambda: int8(image, spacing), repeats, sync)
         results["field_detections_int8"] = int(len(out8["detections"]))
@@ -171,17 +171,17 @@ def run_benchmark(
     return results
 
 
-def _int8_fields(bundle: str | None, dev: Any) -> Any:
-    """The bundle's detector in int8, or ``None`` on a GPU or without ``models/int8_calibration.json``."""
-    from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_detector
+def _int8_fields(fields: Any, bundle: str | None, dev: Any) -> Any:
+    """``fields``' detector and normaliser with both stages in int8 (the bundle's calibration), or ``None`` on
+    a GPU or without ``models/int8_calibration.json``."""
+    from mssn_monai.checkpoints import DEFAULT_BUNDLE, load_int8_calibration
     from mssn_monai.constants import INT8_CALIBRATION_FILE
+    from mssn_monai.networks.detector import FieldDetector
 
     root = Path(bundle) if bundle is not None else DEFAULT_BUNDLE
     if dev.type != "cpu" or not (root / "models" / INT8_CALIBRATION_FILE).is_file():
         return None
-    fields = load_detector(root, dev, int8=True)
-    fields.detector.progress = False
-    return fields
+    return FieldDetector(fields.detector, fields.normalizer, int8=load_int8_calibration(root))
 
 
 _GOALS = {
