@@ -40,6 +40,7 @@ def synth(
     spacing: float = APERIO_SPACING_UM,
     frames_per_slide: int = 4,
     style: str = "default",
+    exclude: str | tuple[str, ...] = (),
 ) -> None:
     """Generate synthetic H&E fields with mitoses and hard mimics, in the MITOS-ATYPIA-14 layout.
 
@@ -65,6 +66,8 @@ def synth(
             atypical figures) and ``faded`` (greyish archival stain, low contrast, noise) differ in
             stain, scanner and morphology, for leave-one-style-out tests; ``random`` draws each slide
             afresh from the whole family. The ranges are listed in ``mssn_monai/data/synthetic.py``.
+        exclude: with ``--style random``, named styles whose parameters are never drawn, e.g.
+            ``--exclude pale`` or ``--exclude pale,dark``: the family without a look held out for testing.
     """
     from mssn_monai.data.synthetic import generate_dataset
 
@@ -77,6 +80,7 @@ def synth(
         spacing=spacing,
         frames_per_slide=frames_per_slide,
         style=style,
+        exclude=tuple(exclude.split(",")) if isinstance(exclude, str) else tuple(str(e) for e in exclude),
     )
     print(f"wrote {len(files)} synthetic fields of {size[0]}x{size[1]} px under {out}")
 

@@ -12,6 +12,7 @@ Usage::
     python scripts/loso.py data --out runs/loso     # 8 training, 2 validation, 16 test fields of 1024x1024 per look
     python scripts/loso.py train --out runs/loso --holdout pale [--epochs 6 --fpr-epochs 60] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
+        [--family-fields 40]   # + 40 fields of the family without the held-out look (synth --exclude)
     python scripts/loso.py table --out runs/loso
     python scripts/loso.py refit --out runs/loso      # folds trained before 0.10: threshold refit per look
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
@@ -116,11 +117,35 @@ def _with_domain(records: list[dict], look: str) -> list[dict]:
     return [{**r, "domain": look} for r in records]
 
 
-def _fold_datalist(out: Path, holdout: str) -> Path:
+def family_without(out: str | Path, holdout: str, n: int, size: int = 1024) -> Path:
+    """``n`` fields of the family with no parameter of ``holdout`` (``synth --style random --exclude``),
+    ``OUT/data/random_without_<holdout>/datalist.json``: domain randomisation for the fold of ``holdout``."""
+    from mssn_monai.data.datalist import write_datalist
+    from mssn_monai.data.formats import read_mitos_atypia14
+    from mssn_monai.data.synthetic import generate_dataset
+
+    root = Path(out) / "data" / f"random_without_{holdout}"
+    if not (root / "datalist.json").is_file():
+        seed = 900 + _styles().index(holdout)
+        generate_dataset(
+            root / "fields", n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style="random",
+            exclude=(holdout,),
+        )  # fmt: skip
+        records = sorted(read_mitos_atypia14(root / "fields"), key=lambda r: r["image"])
+        write_datalist({"training": records}, root / "datalist.json")
+    return root / "datalist.json"
+
+
+def _fold_datalist(out: Path, holdout: str, family_fields: int = 0) -> Path:
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     fold = out / "folds" / holdout
     sections: dict[str, list] = {"training": [], "validation": [], "testing": []}
+    if family_fields:
+        mixed = load_datalist(family_without(out, holdout, family_fields), "training")
+        if len(mixed) != family_fields:
+            raise ValueError(f"{out}/data/random_without_{holdout} holds {len(mixed)} fields, not {family_fields}")
+        sections["training"] += _with_domain(mixed, "random")
     for style in _styles():
         dl = out / "data" / style / "datalist.json"
         if style == holdout:
@@ -132,9 +157,16 @@ def _fold_datalist(out: Path, holdout: str) -> Path:
     return fold
 
 
-def train(out: str, holdout: str, epochs: int = 6, fpr_epochs: int = 60, workers: int = 1, extra: str = "") -> float:
-    """Train one fold (all looks but ``holdout``) into ``OUT/folds/<holdout>/bundle``; returns seconds."""
-    fold = _fold_datalist(Path(out).resolve(), holdout)
+def train(
+    out: str, holdout: str, epochs: int = 6, fpr_epochs: int = 60, workers: int = 1, extra: str = "",
+    family_fields: int = 0,
+) -> float:  # fmt: skip
+    """Train one fold (all looks but ``holdout``) into ``OUT/folds/<holdout>/bundle``; returns seconds.
+
+    With ``family_fields`` N > 0 the fold also trains on N fields drawn from the family without the
+    held-out look (:func:`family_without`): every combination of the other looks' parameters.
+    """
+    fold = _fold_datalist(Path(out).resolve(), holdout, family_fields)
     bundle = fold / "bundle"
     if (bundle / "models" / "model.pt").is_file():
         return 0.0
@@ -356,13 +388,14 @@ def _print(rows: list[dict]) -> None:
 
 def all(  # noqa: A001 - the fire command name
     out: str, train_fields: int = 8, val: int = 2, test: int = 16, size: int = 1024, epochs: int = 6,
-    fpr_epochs: int = 60, parallel: int = 2, extra: str = "",
+    fpr_epochs: int = 60, parallel: int = 2, extra: str = "", family_fields: int = 0,
 ) -> None:  # fmt: skip
-    """Render the data, train every fold (``parallel`` at a time), print the table."""
+    """Render the data, train every fold (``parallel`` at a time; ``--family-fields N``: see :func:`train`),
+    print the table."""
     data(out, train_fields, val, test, size)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     with ThreadPoolExecutor(parallel) as pool:
-        jobs = {s: pool.submit(train, out, s, epochs, fpr_epochs, 1, extra) for s in _styles()}
+        jobs = {s: pool.submit(train, out, s, epochs, fpr_epochs, 1, extra, family_fields) for s in _styles()}
         for s, job in jobs.items():
             try:
                 print(f"fold {s}: trained in {job.result():.0f} s", flush=True)

@@ -71,6 +71,8 @@ def test_mistyped_flag_keeps_an_existing_datalist(tmp_path, monkeypatch, capsys)
         (["synth", "--out", "o", "--n-images", "0"], "--n-images: expected a number >= 1, got '0'"),
         (["synth", "--out", "o", "--n-images", "2.5"], "--n-images: expected an integer, got '2.5'"),
         (["synth", "--out", "o", "--style", "shiftd"], "--style: unknown style 'shiftd'"),
+        (["synth", "--out", "o", "--style", "pale", "--exclude", "dark"], "exclude applies to style 'random' only"),
+        (["synth", "--out", "o", "--style", "random", "--exclude", "pal"], "exclude: unknown style 'pal'"),
         (
             ["candidates", "--input", "i", "--out", "o", "--threshold", "1.5"],
             "--threshold: expected a number in [0, 1]",
@@ -115,6 +117,7 @@ def test_invalid_values_name_the_flag(tmp_path, monkeypatch, capsys, argv, messa
         ["prepare", "--format", "MIDOG", "--root", "r", "--val-fraction", "0", "--test-fraction", "1", "--seed", "3"],
         ["prepare", "midog", "r", "--spacing", "None"],
         ["synth", "--out", "o", "--n-images", "3", "--size", "64,48", "--seed", "1e0"],
+        ["synth", "--out", "o", "--style", "random", "--exclude", "pale,dark"],
         ["candidates", "--input", "i", "--out", "o", "--threshold", "0.5", "--bundle", "b"],
         ["demo"],
         ["detect", "--help"],

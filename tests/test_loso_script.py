@@ -66,3 +66,30 @@ def test_family_trains_on_every_look_and_validates_on_new_fields_named_by_look(l
     assert [(r["group"], r["domain"]) for r in validation] == [(f"{look}_val_0", look) for look in LOOKS] + [
         ("random_0", "random")
     ]
+
+
+def test_fold_with_family_fields_renders_the_family_without_the_held_out_look(loso, tmp_path, monkeypatch):
+    """``train --family-fields N``: N fields drawn with ``exclude=(holdout,)`` join the fold's training."""
+    import mssn_monai.data.synthetic as synthetic
+
+    _looks(tmp_path)
+    calls = []
+    real = synthetic.generate_dataset
+
+    def spy(out, **kwargs):
+        calls.append(kwargs)
+        return real(out, **{**kwargs, "size": (48, 48)})
+
+    monkeypatch.setattr(synthetic, "generate_dataset", spy)
+    fold = loso._fold_datalist(tmp_path, "dark", family_fields=3)
+    training = load_datalist(fold / "datalist.json", "training")
+    assert calls == [
+        {"n_images": 3, "size": (1024, 1024), "seed": 900 + LOOKS.index("dark"), "frames_per_slide": 1,
+         "style": "random", "exclude": ("dark",)}
+    ]  # fmt: skip
+    assert len(training) == 10 + 3 and [r["domain"] for r in training].count("random") == 3
+    assert not any("dark" in r.get("group", "") for r in training)
+    loso._fold_datalist(tmp_path, "dark", family_fields=3)  # rendered once, then read
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="holds 3 fields, not 4"):
+        loso._fold_datalist(tmp_path, "dark", family_fields=4)

@@ -172,6 +172,52 @@ def test_random_style_draws_a_fresh_look_per_slide(tmp_path):
         np.testing.assert_array_equal(tifffile.imread(f), tifffile.imread(g))
 
 
+def test_random_style_without_excluded_looks(monkeypatch, tmp_path):
+    """``exclude``: no parameter of an excluded look is ever drawn; the others still mix."""
+    from dataclasses import replace
+
+    import mssn_monai.data.synthetic as synthetic
+
+    base = StainStyle.random(np.random.default_rng(0))
+
+    def marked(i: int):  # every scalar parameter and the morphology carry the look's index
+        return lambda rng: replace(
+            base, amount_h=float(i), amount_e=float(i), blur_um=float(i), noise=float(i),
+            morphology=Morphology(cell_area_um2=float(i + 100)),
+        )  # fmt: skip
+
+    monkeypatch.setattr(synthetic, "_NAMED", {name: marked(i) for i, name in enumerate(NAMED)})
+    rng = np.random.default_rng(1)
+    drawn = set()
+    for _ in range(60):
+        look = draw_look("random", rng, exclude=("pale", "dark"))
+        values = {look.amount_h, look.amount_e, look.blur_um, look.noise, look.morphology.cell_area_um2 - 100}
+        drawn |= values
+    assert drawn == {float(NAMED.index(s)) for s in NAMED if s not in ("pale", "dark")}
+
+
+@pytest.mark.parametrize(
+    "style, exclude, match",
+    [
+        ("random", ("pal",), "unknown style 'pal'"),
+        ("pale", ("dark",), "style 'random' only"),
+        ("random", NAMED, "every"),
+    ],
+)
+def test_exclude_refuses_bad_input(tmp_path, style, exclude, match):
+    with pytest.raises(ValueError, match=match):
+        generate_dataset(tmp_path / "x", n_images=1, size=(32, 32), style=style, exclude=exclude)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match=match):
+        draw_look(style, np.random.default_rng(0), exclude=exclude)
+
+
+def test_no_exclusion_keeps_the_family_draws():
+    a, b = draw_look("random", np.random.default_rng(5)), draw_look("random", np.random.default_rng(5), exclude=())
+    np.testing.assert_array_equal(a.stain_h, b.stain_h)
+    assert a.morphology == b.morphology and a.blur_um == b.blur_um
+
+
 def _bare(**morphology) -> StainStyle:
     """A clean look (no blur, noise, stroma or ordinary cells) so that a figure's darkness is its own."""
     h, e = np.array([0.650, 0.704, 0.286]), np.array([0.072, 0.990, 0.105])

@@ -552,9 +552,10 @@ _NAMED: dict[str, Callable[[np.random.Generator], StainStyle]] = {
 }
 
 
-def _family(rng: np.random.Generator) -> StainStyle:
-    """A fresh draw from the whole family: each parameter from the look of a randomly chosen named style."""
-    looks = [draw(rng) for draw in _NAMED.values()]
+def _family(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> StainStyle:
+    """A fresh draw from the family: each parameter from the look of a randomly chosen named style, none
+    of ``exclude`` (without exclusions the draws are those of every version since the family exists)."""
+    looks = [draw(rng) for name, draw in _NAMED.items() if name not in exclude]
     stain = {f.name: getattr(looks[rng.integers(len(looks))], f.name) for f in fields(StainStyle)}
     morph = {f.name: getattr(looks[rng.integers(len(looks))].morphology, f.name) for f in fields(Morphology)}
     stain["morphology"] = Morphology(**morph)
@@ -565,21 +566,39 @@ STYLES = (*_NAMED, "random")
 """Names of the looks :func:`draw_look`, :func:`generate_field` and :func:`generate_dataset` accept."""
 
 
-def draw_look(style: str, rng: np.random.Generator) -> StainStyle:
+def _check_exclude(style: str, exclude: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    exclude = tuple(dict.fromkeys(exclude or ()))
+    if not exclude:
+        return exclude
+    unknown = [e for e in exclude if e not in _NAMED]
+    if unknown:
+        raise ValueError(f"exclude: unknown style {unknown[0]!r}, expected some of {', '.join(_NAMED)}")
+    if style != "random":
+        raise ValueError(f"exclude applies to style 'random' only, got style {style!r}")
+    if len(exclude) == len(_NAMED):
+        raise ValueError("exclude: every named style excluded, nothing left to draw from")
+    return exclude
+
+
+def draw_look(style: str, rng: np.random.Generator, exclude: tuple[str, ...] | list[str] = ()) -> StainStyle:
     """Draw one slide's look from a named style (see the module docstring's table).
 
     Args:
         style: one of :data:`STYLES`.
         rng: the generator to draw from.
+        exclude: with ``style="random"``, named styles none of whose parameters is drawn (the family
+            without a held-out look, for leave-one-style-out training); at least one must remain.
 
     Returns:
         the :class:`StainStyle` (stain, scanner and morphology) of one slide.
 
     Raises:
-        ValueError: ``style`` is not one of :data:`STYLES`.
+        ValueError: ``style`` is not one of :data:`STYLES`; ``exclude`` names an unknown style, is given
+            with a named style, or excludes every style.
     """
+    exclude = _check_exclude(style, exclude)
     if style == "random":
-        return _family(rng)
+        return _family(rng, exclude)
     if style not in _NAMED:
         raise ValueError(f"unknown style {style!r}, expected one of {', '.join(STYLES)}")
     return _NAMED[style](rng)
@@ -650,6 +669,7 @@ def generate_dataset(
     frames_per_slide: int = 4,
     split_name: str = "Training Aperio",
     style: str = "default",
+    exclude: tuple[str, ...] | list[str] = (),
 ) -> list[Path]:
     """Write ``n_images`` synthetic fields in the MITOS-ATYPIA-14 layout (see module docstring).
 
@@ -668,12 +688,13 @@ def generate_dataset(
             (:meth:`StainStyle.shifted`: another lab and scanner), ``pale``, ``dark``, ``magenta``,
             ``faded`` (distinct looks and morphologies, for leave-one-style-out tests) or ``random``
             (each slide a fresh draw from the whole family).
+        exclude: with ``style="random"``, named styles the draws take nothing from (:func:`draw_look`).
 
     Returns:
         the image paths written.
 
     Raises:
-        ValueError: ``n_images`` or ``frames_per_slide`` below 1, or an unknown style.
+        ValueError: ``n_images`` or ``frames_per_slide`` below 1, an unknown style, or a bad ``exclude``.
     """
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images!r}")
@@ -681,6 +702,7 @@ def generate_dataset(
         raise ValueError(f"frames_per_slide must be >= 1, got {frames_per_slide!r}")
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}, expected one of {', '.join(STYLES)}")
+    exclude = _check_exclude(style, exclude)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{out}: exists and is not a directory")
@@ -690,7 +712,7 @@ def generate_dataset(
     written: list[Path] = []
     for s in range(n_slides):
         rng = np.random.default_rng(slide_seeds[s])
-        slide_style = draw_look(style, rng)
+        slide_style = draw_look(style, rng, exclude)
         rate = float(rng.choice([0.6, 1.5, 2.5, 4.0]))  # slide grade
         slide = f"S{seed % 10000:04d}{s:03d}"
         slide_dir = out / split_name / slide
