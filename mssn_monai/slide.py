@@ -6,10 +6,11 @@ pyramidal TIFF, or with the ``openslide`` extra any slide OpenSlide reads
 
 1. **Tissue** on a thumbnail (a low pyramid level): :func:`mssn_monai.ops.tissue.tissue_mask` (Otsu on
    saturation, small holes filled). Blocks of the detector's grid (2048 px at the detection level) that
-   hold tissue, or lie within :data:`TISSUE_MARGIN_UM` of it, are processed; the others are not read.
-   Inside a block, stage 1 runs only over the bounding box of the map cells within
-   :data:`TISSUE_MARGIN_UM` of tissue (:func:`mssn_monai.ops.tissue.mask_cells`), and candidates are
-   proposed only on those cells: the glass around tissue islands is not computed.
+   hold tissue, or lie within :func:`tissue_margin_px` of it, are processed; the others are not read.
+   Inside a block, stage 1 runs only over the bounding boxes of the groups of map cells within that
+   margin of tissue (:func:`mssn_monai.ops.tissue.mask_cells`, :func:`mssn_monai.ops.tissue.cell_boxes`),
+   and candidates are proposed only on those cells: the glass around and between tissue islands is not
+   computed.
 2. **Stain statistics** once per slide, on a mosaic of up to 16 tissue tiles of 512x512 px spread over
    the slide (:func:`stain_sample`), the way a field's come from its regular subsample.
 3. **Blocks** through :meth:`FieldDetector.detect_blocks`: each block with its map and patch context,
@@ -38,19 +39,42 @@ from mssn_monai.data.slides import Slide, open_slide
 from mssn_monai.io import read_json, write_json
 from mssn_monai.ops.tissue import mask_blocks, mask_cells, tissue_mask
 
-__all__ = ["TISSUE_MARGIN_UM", "RECORD_VERSION", "detect_slide", "stain_sample", "tissue_blocks", "SlideRun"]
+__all__ = [
+    "TISSUE_MARGIN_UM",
+    "RECORD_VERSION",
+    "detect_slide",
+    "stain_sample",
+    "tissue_blocks",
+    "tissue_margin_px",
+    "SlideRun",
+]
 
 logger = logging.getLogger(__name__)
 
-TISSUE_MARGIN_UM = 50.0
-"""A block within this distance of tissue on the thumbnail is processed too (the mask is coarse)."""
+TISSUE_MARGIN_UM = 10.0
+"""Map cells (and blocks) within this distance of the tissue mask, plus one mask pixel (the mask's own
+resolution, :func:`tissue_margin_px`), are processed: a mitosis centred on tissue the thumbnail's
+threshold cut at its edge is still proposed. 50 um until 0.12.0, which on small islands computed 2.3x
+the tissue's area."""
 
-RECORD_VERSION = 2
-"""2 since 0.10.0: stage 1 runs on tissue cells only (records of version 1 are refused on ``--resume``)."""
+RECORD_VERSION = 3
+"""3 since 0.13.0: the tissue margin is :func:`tissue_margin_px` (records of an older version are
+refused on ``--resume``); 2 since 0.10.0: stage 1 runs on tissue cells only."""
 
 
 class SlideRun(dict):
     """What :func:`detect_slide` found: ``detections`` (level 0), ``slide``, ``thumbnail``, ``mask``, ... (a dict)."""
+
+
+def tissue_margin_px(spacing_um: float, scale: float) -> float:
+    """The tissue margin in level-0 pixels: :data:`TISSUE_MARGIN_UM` plus one mask pixel (``scale`` level-0
+    pixels: a thumbnail pixel only partly on tissue may fall below the threshold).
+
+    Args:
+        spacing_um: level-0 spacing in um/px.
+        scale: level-0 pixels per thumbnail (mask) pixel.
+    """
+    return TISSUE_MARGIN_UM / float(spacing_um) + float(scale)
 
 
 def tissue_blocks(
@@ -61,7 +85,7 @@ def tissue_blocks(
     thumb, scale = slide.thumbnail(thumb_side)
     mask = tissue_mask(thumb)
     ds = slide.downsample(level)
-    margin = int(math.ceil(TISSUE_MARGIN_UM / (slide.spacing_um * ds)))
+    margin = int(math.ceil(tissue_margin_px(slide.spacing_um, scale) / ds))
     grid = mask_blocks(mask, scale / ds, block_px, slide.sizes[level], margin_px=margin)
     return thumb, mask, scale, grid
 
@@ -168,7 +192,7 @@ def detect_slide(
     if max_blocks is not None:
         remaining = remaining[: int(max_blocks)]
     image = slide.level_image(level)
-    cells = mask_cells(mask, scale, fields.detector.output_stride * ds, TISSUE_MARGIN_UM / slide.spacing_um)
+    cells = mask_cells(mask, scale, fields.detector.output_stride * ds, tissue_margin_px(slide.spacing_um, scale))
     inner_bar, fields.detector.progress = fields.detector.progress, False  # one bar: blocks, with the ETA
     try:
         fit_on = stain_sample(image, grid, block_px)

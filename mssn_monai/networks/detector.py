@@ -57,6 +57,7 @@ from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
 from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
 from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
+from mssn_monai.ops.tissue import cell_boxes
 
 __all__ = ["MSSNDetector", "FieldDetector", "balanced_step", "detection_map_to_points", "PLATEAU_MARGIN_CELLS"]
 
@@ -603,20 +604,20 @@ class FieldDetector:
         self, crop: Callable, h: int, w: int, area: tuple[int, int, int, int], cells: Callable
     ) -> torch.Tensor:
         """The fused map's cells ``area = (r0, r1, c0, c1)`` times ``cells``' mask of them, computing stage 1
-        only over the bounding box of the allowed cells (nothing is read when there are none)."""
+        only over boxes around the groups of allowed cells (:func:`~mssn_monai.ops.tissue.cell_boxes`: the
+        glass between tissue islands is skipped; nothing is read when no cell is allowed)."""
         r0, r1, c0, c1 = area
-        allowed = torch.as_tensor(np.asarray(cells(r0, r1, c0, c1), dtype=bool), device=self._device)
-        if tuple(allowed.shape) != (r1 - r0, c1 - c0):
+        allowed = np.array(cells(r0, r1, c0, c1), dtype=bool)  # a copy: the caller's may be read-only
+        if allowed.shape != (r1 - r0, c1 - c0):
             raise ValueError(
                 f"cells({r0}, {r1}, {c0}, {c1}) must be a ({r1 - r0}, {c1 - c0}) mask, got {tuple(allowed.shape)}"
             )
+        s = self.detector.output_stride
+        context = -(-max(self.detector.fnr.half_extent) // s)  # the patch context, in cells
         fused = torch.zeros(allowed.shape, dtype=torch.float32, device=self._device)
-        rows, cols = torch.nonzero(allowed.any(dim=1)).flatten(), torch.nonzero(allowed.any(dim=0)).flatten()
-        if rows.numel() == 0:
-            return fused
-        br0, br1, bc0, bc1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        fused[br0:br1, bc0:bc1] = self._stage1_cells(crop, h, w, r0 + br0, br1 - br0, c0 + bc0, bc1 - bc0)
-        return fused * allowed
+        for br0, br1, bc0, bc1 in cell_boxes(allowed, context=context):
+            fused[br0:br1, bc0:bc1] = self._stage1_cells(crop, h, w, r0 + br0, br1 - br0, c0 + bc0, bc1 - bc0)
+        return fused * torch.as_tensor(allowed, device=self._device)
 
     def _fused_map(self, crop: Callable, h: int, w: int) -> torch.Tensor:
         s = self.detector.output_stride
@@ -697,8 +698,8 @@ class FieldDetector:
             cells: where stage 1 may propose candidates (e.g. tissue of a slide): ``cells(r0, r1, c0, c1)``
                 is the ``(r1 - r0, c1 - c0)`` bool mask of map cells ``[r0, r1) x [c0, c1)`` (cell ``(r, c)``
                 is the patch centred at pixel ``(4c, 4r)``). The fused map is then the map times this
-                mask: each block computes stage 1 only over the bounding box of its allowed cells (a
-                block with none is not read at all), and its candidates are the peaks of the masked
+                mask: each block computes stage 1 only over boxes around its groups of allowed cells
+                (:func:`~mssn_monai.ops.tissue.cell_boxes`; a block with none is not read at all), and its candidates are the peaks of the masked
                 map, the same whichever blocks ran. ``None``: every cell.
 
         Yields:

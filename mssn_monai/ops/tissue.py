@@ -5,7 +5,8 @@ separates them better than brightness, which also darkens in pen marks, dust and
 Otsu's threshold (:func:`skimage.filters.threshold_otsu`) picks the cut between the two modes; a floor
 (``min_saturation``) keeps a blank slide (one mode: glass) from being split in two. Holes smaller than
 ``max_hole_px`` (lumina, fat vacuoles, cracks) are filled, so tiles inside tissue are kept; objects
-smaller than ``min_object_px`` (dust) are dropped.
+smaller than ``min_object_px`` (dust) are dropped. :func:`cell_boxes` covers the cells near tissue
+with few boxes, so that the glass between islands is not computed.
 
 numpy / scipy / scikit-image only; no IO.
 """
@@ -16,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["saturation", "tissue_mask", "mask_blocks", "mask_cells"]
+__all__ = ["saturation", "tissue_mask", "mask_blocks", "mask_cells", "cell_boxes"]
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -132,3 +133,60 @@ def mask_cells(
         return near[np.ix_(ys, xs)]
 
     return cells
+
+
+def cell_boxes(allowed: np.ndarray, context: int = 0, max_boxes: int = 64) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(r0, r1, c0, c1)`` (half-open) that together cover every true cell of ``allowed``, cheaply.
+
+    Each group of true cells (8-connected once widened by ``context``: cells at most ``2 context`` apart
+    share a group, so a speckled mask gives few groups) starts as its own bounding box; two boxes are
+    merged into
+    their common bounding box while that costs no more than computing both, where a box of ``h x w``
+    cells costs ``(h + 2 context) (w + 2 context)`` (the cells plus the context a network reads around
+    them); beyond ``max_boxes`` the merges that cost least are made anyway.
+
+    Args:
+        allowed: ``(rows, cols)`` bool.
+        context: cells of context each box is computed with, on every side (>= 0).
+        max_boxes: at most this many boxes (>= 1).
+
+    Returns:
+        the boxes in raster order of their top-left cell; empty when no cell is true.
+
+    Example:
+        >>> a = np.zeros((4, 12), bool); a[1, 1] = a[2, 10] = True
+        >>> cell_boxes(a), cell_boxes(a, context=5)
+        ([(1, 2, 1, 2), (2, 3, 10, 11)], [(1, 3, 1, 11)])
+    """
+    from scipy import ndimage
+
+    allowed = np.asarray(allowed, dtype=bool)
+    if allowed.ndim != 2:
+        raise ValueError(f"allowed must be a (rows, cols) mask, got shape {allowed.shape}")
+    if context < 0 or max_boxes < 1:
+        raise ValueError(f"context must be >= 0 and max_boxes >= 1, got {context} and {max_boxes}")
+    near = ndimage.maximum_filter(allowed, size=2 * context + 1) if context > 0 else allowed
+    labels, _ = ndimage.label(near, structure=np.ones((3, 3), dtype=bool))  # groups closer than 2 context
+    labels[~allowed] = 0  # each group's box: its true cells' bounding box
+    boxes = [(s[0].start, s[0].stop, s[1].start, s[1].stop) for s in ndimage.find_objects(labels) if s is not None]
+
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    while len(b) > 1:
+        cost = (b[:, 1] - b[:, 0] + 2 * context) * (b[:, 3] - b[:, 2] + 2 * context)
+        u = np.stack(
+            [
+                np.minimum.outer(b[:, 0], b[:, 0]),
+                np.maximum.outer(b[:, 1], b[:, 1]),
+                np.minimum.outer(b[:, 2], b[:, 2]),
+                np.maximum.outer(b[:, 3], b[:, 3]),
+            ]
+        )
+        extra = (u[1] - u[0] + 2 * context) * (u[3] - u[2] + 2 * context) - cost[:, None] - cost[None, :]
+        extra[np.tril_indices(len(b))] = np.iinfo(np.int64).max  # each pair once, never a box with itself
+        i, j = np.unravel_index(int(np.argmin(extra)), extra.shape)
+        if extra[i, j] > 0 and len(b) <= max_boxes:
+            break
+        merged = u[:, i, j]
+        b = np.vstack([np.delete(b, [i, j], axis=0), merged[None]])
+    boxes = [tuple(int(v) for v in row) for row in b]
+    return sorted(boxes)

@@ -379,7 +379,7 @@ def test_detect_blocks_reads_each_block_once(shipped, crop_with_mitosis):
 
 
 def test_detect_blocks_on_allowed_cells_only(shipped, crop_with_mitosis):
-    """With a mask of allowed map cells (a slide's tissue), stage 1 runs over the bounding box of each block's
+    """With a mask of allowed map cells (a slide's tissue), stage 1 runs over boxes around each block's
     allowed cells and proposes candidates there only: every cell allowed gives exactly the unmasked result;
     the left half allowed gives the same candidates well inside it and none outside; a block with no allowed
     cell is not read at all."""
@@ -407,3 +407,38 @@ def test_detect_blocks_on_allowed_cells_only(shipped, crop_with_mitosis):
     assert lazy.windows == 0 and all(len(r["candidates"]) == len(r["detections"]) == 0 for r in none.values())
     with pytest.raises(ValueError, match="must be a"):
         list(fields.detect_blocks(image, 0.2455, cells=lambda r0, r1, c0, c1: np.ones((2, 2), bool)))
+
+
+def test_detect_blocks_computes_separate_boxes_for_distant_tissue(shipped, crop_with_mitosis, monkeypatch):
+    """Two groups of allowed cells far apart in one block (two tissue islands) are computed as two boxes
+    (:func:`~mssn_monai.ops.tissue.cell_boxes`), not their common bounding box: fewer pixels are read and
+    the result is exactly the bounding box's."""
+    import mssn_monai.networks.detector as detector_module
+    from mssn_monai.ops.tissue import cell_boxes
+
+    image = crop_with_mitosis  # 450 wide, 390 high: with 512-px blocks, one block
+    fields = FieldDetector(_small_tiles(shipped), block_px=512)
+
+    def islands(r0, r1, c0, c1):
+        rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
+        return ((rr < 30) & (cc < 30)) | ((rr >= 65) & (cc >= 80))  # map cells: two corners of the field
+
+    class Windows(_CountingReader):
+        def __getitem__(self, key):
+            self.pixels = getattr(self, "pixels", 0) + len(range(*key[0].indices(self.shape[0]))) * len(
+                range(*key[1].indices(self.shape[1]))
+            )
+            return super().__getitem__(key)
+
+    boxed = Windows(image)
+    got = dict(fields.detect_blocks(boxed, 0.2455, cells=islands))
+    monkeypatch.setattr(
+        detector_module, "cell_boxes", lambda allowed, context=0: cell_boxes(allowed, context, max_boxes=1)
+    )
+    whole = Windows(image)
+    ref = dict(fields.detect_blocks(whole, 0.2455, cells=islands))
+    assert boxed.windows == 2 and whole.windows == 1 and boxed.pixels < 0.8 * whole.pixels
+    assert any(len(r["candidates"]) for r in ref.values())
+    for block, result in ref.items():
+        for key, value in result.items():
+            np.testing.assert_array_equal(got[block][key], value, err_msg=f"{block} {key}")

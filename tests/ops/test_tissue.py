@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from mssn_monai.ops.tissue import mask_blocks, mask_cells, saturation, tissue_mask
+from mssn_monai.ops.tissue import cell_boxes, mask_blocks, mask_cells, saturation, tissue_mask
 
 
 def _drawn() -> np.ndarray:
@@ -60,3 +61,34 @@ def test_mask_cells_samples_the_widened_mask_at_each_cell_point():
     np.testing.assert_array_equal(near(0, 4, 0, 4), plus)
     assert near(2, 6, 3, 7).shape == (4, 4)  # cells beyond the mask take the edge pixel's value
     assert not mask_cells(np.zeros((3, 3), bool), 8.0, 4.0, margin_px=50.0)(0, 5, 0, 5).any()
+
+
+def test_cell_boxes_groups_and_merges_by_cost():
+    a = np.zeros((4, 12), bool)
+    a[1, 1] = a[2, 10] = True
+    assert cell_boxes(a) == [(1, 2, 1, 2), (2, 3, 10, 11)]
+    # context 5: one box of 2 x 10 cells (12 x 20 = 240 with context) costs less than two (2 x 11 x 11 = 242)
+    assert cell_boxes(a, context=5) == [(1, 3, 1, 11)]
+    # context 3: the cells are 9 apart (> 2 x 3, other groups) and one box (8 x 16 = 128) costs more than 2 x 49
+    assert cell_boxes(a, context=3) == [(1, 2, 1, 2), (2, 3, 10, 11)]
+    assert cell_boxes(a, max_boxes=1) == [(1, 3, 1, 11)]
+    assert cell_boxes(np.zeros((3, 3), bool)) == []
+    l_shape = np.zeros((6, 6), bool)
+    l_shape[0, :] = l_shape[:, 0] = True
+    assert cell_boxes(l_shape) == [(0, 6, 0, 6)]  # one 8-connected group: its bounding box
+    many = np.zeros((40, 40), bool)
+    many[::4, ::4] = True  # 100 specks, 4 cells apart
+    assert cell_boxes(many, context=2) == [(0, 37, 0, 37)]  # within 2 x context: one group
+    boxes = cell_boxes(many, max_boxes=7)
+    assert len(boxes) <= 7
+    covered = np.zeros_like(many)
+    for r0, r1, c0, c1 in boxes:
+        covered[r0:r1, c0:c1] = True
+    assert (covered | ~many).all()
+
+
+def test_cell_boxes_refuses_bad_input():
+    with pytest.raises(ValueError, match="mask"):
+        cell_boxes(np.zeros(3, bool))
+    with pytest.raises(ValueError, match="context"):
+        cell_boxes(np.zeros((2, 2), bool), context=-1)
