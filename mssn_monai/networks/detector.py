@@ -699,8 +699,9 @@ class FieldDetector:
                 is the ``(r1 - r0, c1 - c0)`` bool mask of map cells ``[r0, r1) x [c0, c1)`` (cell ``(r, c)``
                 is the patch centred at pixel ``(4c, 4r)``). The fused map is then the map times this
                 mask: each block computes stage 1 only over boxes around its groups of allowed cells
-                (:func:`~mssn_monai.ops.tissue.cell_boxes`; a block with none is not read at all), and its candidates are the peaks of the masked
-                map, the same whichever blocks ran. ``None``: every cell.
+                (:func:`~mssn_monai.ops.tissue.cell_boxes`; a block with none is not read at all), and
+                its candidates are the peaks of the masked map, the same whichever blocks ran.
+                ``None``: every cell.
 
         Yields:
             ``((i, j), result)`` per block, ``result`` as :meth:`__call__`'s (field coordinates).
