@@ -328,15 +328,13 @@ def adapt(
     from mssn_monai.adapt import adapt_bundle
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
-    root, rows = Path(out), []
+    root = Path(out)
     wanted = _wanted(holdouts)
     suffix = ("" if align else "_noalign") + ("_joint" if joint else "")
     for style in _styles():
         fold = root / "folds" / style
         work = fold / f"adapt_k{k}{suffix}"
         if style not in wanted or not (fold / "bundle" / "models" / "model.pt").is_file():
-            if (work / "row.json").is_file():
-                rows.append(json.loads((work / "row.json").read_text()))
             continue
         labelled = [r for r in load_datalist(root / "data" / style / "datalist.json", "training") if r["mitoses"]][:k]
         write_datalist({"training": labelled}, work / "labelled.json")
@@ -359,8 +357,13 @@ def adapt(
         row["forgetting"] = score_bundle(work / "finetune", work / "forget.json")["f1"] - forget_before
         row["forget_style"] = keep
         (work / "row.json").write_text(json.dumps(row, indent=2) + "\n")
-        rows.append(row)
         print(json.dumps(row), flush=True)
+    # every fold's row as it is now, read at the end: another `adapt` run on other folds may have finished
+    rows = [
+        json.loads(path.read_text())
+        for path in (root / "folds" / s / f"adapt_k{k}{suffix}" / "row.json" for s in _styles())
+        if path.is_file()
+    ]
     print(f"{'held out':>9} {'F1 before':>9} {'bank':>6} {'+ft':>6} {'s (ft)':>7} {'forget':>7}")
     for r in rows:
         print(
