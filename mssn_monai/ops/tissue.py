@@ -138,12 +138,12 @@ def mask_cells(
 def cell_boxes(allowed: np.ndarray, context: int = 0, max_boxes: int = 64) -> list[tuple[int, int, int, int]]:
     """Boxes ``(r0, r1, c0, c1)`` (half-open) that together cover every true cell of ``allowed``, cheaply.
 
-    Each group of true cells (8-connected once widened by ``context``: cells at most ``2 context`` apart
-    share a group, so a speckled mask gives few groups) starts as its own bounding box; two boxes are
-    merged into
-    their common bounding box while that costs no more than computing both, where a box of ``h x w``
-    cells costs ``(h + 2 context) (w + 2 context)`` (the cells plus the context a network reads around
-    them); beyond ``max_boxes`` the merges that cost least are made anyway.
+    Each group of true cells (8-connected once widened by ``context``: cells at most ``2 context + 1``
+    apart, in rows or columns, share a group, so a speckled mask gives few groups) starts as its own
+    bounding box; two boxes are merged into their common bounding box while that costs no more than
+    computing both, where a box of ``h x w`` cells costs ``(h + 2 context) (w + 2 context)`` (the cells
+    plus the context a network reads around them); beyond ``max_boxes`` the merges that cost least are
+    made anyway.
 
     Args:
         allowed: ``(rows, cols)`` bool.

@@ -69,7 +69,7 @@ def test_cell_boxes_groups_and_merges_by_cost():
     assert cell_boxes(a) == [(1, 2, 1, 2), (2, 3, 10, 11)]
     # context 5: one box of 2 x 10 cells (12 x 20 = 240 with context) costs less than two (2 x 11 x 11 = 242)
     assert cell_boxes(a, context=5) == [(1, 3, 1, 11)]
-    # context 3: the cells are 9 apart (> 2 x 3, other groups) and one box (8 x 16 = 128) costs more than 2 x 49
+    # context 3: the cells are 9 apart (> 2 x 3 + 1: two groups) and one box (8 x 16 = 128) costs more than 2 x 49
     assert cell_boxes(a, context=3) == [(1, 2, 1, 2), (2, 3, 10, 11)]
     assert cell_boxes(a, max_boxes=1) == [(1, 3, 1, 11)]
     assert cell_boxes(np.zeros((3, 3), bool)) == []
@@ -78,7 +78,7 @@ def test_cell_boxes_groups_and_merges_by_cost():
     assert cell_boxes(l_shape) == [(0, 6, 0, 6)]  # one 8-connected group: its bounding box
     many = np.zeros((40, 40), bool)
     many[::4, ::4] = True  # 100 specks, 4 cells apart
-    assert cell_boxes(many, context=2) == [(0, 37, 0, 37)]  # within 2 x context: one group
+    assert cell_boxes(many, context=2) == [(0, 37, 0, 37)]  # 4 apart, within 2 x 2 + 1: one group
     boxes = cell_boxes(many, max_boxes=7)
     assert len(boxes) <= 7
     covered = np.zeros_like(many)
