@@ -323,7 +323,7 @@ def adapt(
     ``holdouts`` limits the run to those folds (comma-separated); each fold's row is also written to
     ``OUT/folds/<look>/adapt_k<k>/row.json`` (``adapt_k<k>_noalign`` with ``--noalign``: ``adapt``
     without its stage-1 alignment; ``_joint`` appended with ``--joint``: ``adapt --joint-threshold``), and
-    the table gathers every fold's row found. Prints the table and writes ``OUT/loso_adapt<suffix>.json``.
+    the table gathers every fold's row found. Prints the table and writes ``OUT/loso_adapt_k<k><suffix>.json``.
     """
     from mssn_monai.adapt import adapt_bundle
     from mssn_monai.data.datalist import load_datalist, write_datalist
@@ -370,7 +370,7 @@ def adapt(
             f"{r['holdout']:>9} {r['f1_before']:>9.3f} {r['f1_bank']:>6.3f} {r['f1_finetune']:>6.3f} "
             f"{r['seconds_finetune']:>7.0f} {r['forgetting']:>+7.3f}"
         )
-    Path(out, f"loso_adapt{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
+    Path(out, f"loso_adapt_k{k}{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
 
