@@ -53,22 +53,29 @@ def _styles() -> list[str]:
     return [s for s in STYLES if s != "random"]
 
 
+def _render(root: Path, n: int, size: int, seed: int, style: str, exclude: tuple[str, ...] = ()) -> list[dict]:
+    """Render ``n`` fields of ``style`` (one per slide) under ``root/fields``; their records, sorted by image."""
+    from mssn_monai.data.formats import read_mitos_atypia14
+    from mssn_monai.data.synthetic import generate_dataset
+
+    generate_dataset(
+        root / "fields", n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style=style, exclude=exclude
+    )
+    return sorted(read_mitos_atypia14(root / "fields"), key=lambda r: r["image"])
+
+
 def data(out: str, train: int = 8, val: int = 2, test: int = 16, size: int = 1024, seed: int = 100) -> None:
     """Render ``train + val + test`` fields of every look under ``OUT/data/<style>/`` with one datalist each."""
     from mssn_monai.data.datalist import write_datalist
-    from mssn_monai.data.formats import read_mitos_atypia14
-    from mssn_monai.data.synthetic import generate_dataset
 
     for i, style in enumerate(_styles()):
         root = Path(out) / "data" / style
         if (root / "datalist.json").is_file():
             continue
-        n = train + val + test
-        generate_dataset(root / "fields", n_images=n, size=(size, size), seed=seed + i, frames_per_slide=1, style=style)
-        records = sorted(read_mitos_atypia14(root / "fields"), key=lambda r: r["image"])
+        records = _render(root, train + val + test, size, seed + i, style)
         sections = {"training": records[:train], "validation": records[train : train + val]}
         write_datalist({**sections, "testing": records[train + val :]}, root / "datalist.json")
-        print(f"{style}: {n} fields of {size}x{size}")
+        print(f"{style}: {train + val + test} fields of {size}x{size}")
 
 
 def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int = 4, size: int = 1024) -> Path:
@@ -81,17 +88,13 @@ def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int 
     looks no named style pins down. The looks' test fields stay out.
     """
     from mssn_monai.data.datalist import load_datalist, write_datalist
-    from mssn_monai.data.formats import read_mitos_atypia14
-    from mssn_monai.data.synthetic import generate_dataset
 
     root = Path(out)
     sets = {"random_train": (random_train, 400, "random"), "random": (random_val, 300, "random")}
     sets.update({f"{style}_val": (look_val, 700 + i, style) for i, style in enumerate(_styles())})
     for name, (n, seed, style) in sets.items():
         if not (root / "data" / name / "datalist.json").is_file():
-            fields = root / "data" / name / "fields"
-            generate_dataset(fields, n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style=style)
-            records = sorted(read_mitos_atypia14(fields), key=lambda r: r["image"])
+            records = _render(root / "data" / name, n, size, seed, style)
             section = "training" if name == "random_train" else "validation"
             write_datalist({section: records}, root / "data" / name / "datalist.json")
     training = []
@@ -121,17 +124,10 @@ def family_without(out: str | Path, holdout: str, n: int, size: int = 1024) -> P
     """``n`` fields of the family with no parameter of ``holdout`` (``synth --style random --exclude``),
     ``OUT/data/random_without_<holdout>/datalist.json``: domain randomisation for the fold of ``holdout``."""
     from mssn_monai.data.datalist import write_datalist
-    from mssn_monai.data.formats import read_mitos_atypia14
-    from mssn_monai.data.synthetic import generate_dataset
 
     root = Path(out) / "data" / f"random_without_{holdout}"
     if not (root / "datalist.json").is_file():
-        seed = 900 + _styles().index(holdout)
-        generate_dataset(
-            root / "fields", n_images=n, size=(size, size), seed=seed, frames_per_slide=1, style="random",
-            exclude=(holdout,),
-        )  # fmt: skip
-        records = sorted(read_mitos_atypia14(root / "fields"), key=lambda r: r["image"])
+        records = _render(root, n, size, 900 + _styles().index(holdout), "random", exclude=(holdout,))
         write_datalist({"training": records}, root / "datalist.json")
     return root / "datalist.json"
 
