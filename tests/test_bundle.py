@@ -102,3 +102,18 @@ def test_create_workflow_check_properties(tmp_path, config, workflow_type):
         assert workflow.check_properties() == []
     finally:
         sys.excepthook = hook  # inference.json's initialize installs the one-line error hook
+
+
+@pytest.mark.parametrize("value, expected", [(None, False), ("true", True), ("false", False), (True, True)])
+def test_train_json_standardize_input_flag(value, expected):
+    """``--fpr_standardize_input`` reaches stage 2 (CLI strings parsed as flags, not as truthy strings) and its
+    resume fingerprint, so a checkpoint trained the other way is not resumed."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "bundle" / "configs" / "train.json")
+    parser.update({"bundle_root": "unused", "dataset_dir": "unused", "device": "$torch.device('cpu')"})
+    if value is not None:
+        parser.update({"fpr_standardize_input": value})
+    assert parser.get_parsed_content("fpr_network").input_standardization.item() is expected
+    assert parser.get_parsed_content("fpr_train#fingerprint#knobs")[-1] is expected

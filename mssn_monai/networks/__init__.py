@@ -22,6 +22,7 @@ from mssn_monai.networks.fpr import (
     distance_similarity,
     fit_calibration,
     fpr_vote,
+    standardize_patches,
     vote_offsets,
 )
 
@@ -46,5 +47,6 @@ __all__ = [
     "distance_similarity",
     "fit_calibration",
     "fpr_vote",
+    "standardize_patches",
     "vote_offsets",
 ]

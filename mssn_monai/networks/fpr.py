@@ -53,7 +53,9 @@ __all__ = [
     "NUM_CLASSES",
     "MITOSIS_CLASS",
     "DEFAULT_CALIBRATION",
+    "STANDARDIZE_MIN_STD",
     "SiameseEmbedding",
+    "standardize_patches",
     "distance_similarity",
     "build_reference_bank",
     "vote_offsets",
@@ -102,6 +104,30 @@ def _check_classes(classes: torch.Tensor, n: int, what: str) -> torch.Tensor:
     if n and (int(classes.min()) < 0 or int(classes.max()) >= NUM_CLASSES):
         raise ValueError(f"{what} must be in 0 .. {NUM_CLASSES - 1}, got values {torch.unique(classes).tolist()}.")
     return classes
+
+
+STANDARDIZE_MIN_STD: Final[float] = 0.02
+"""Floor of a patch's standard deviation in :func:`standardize_patches` (intensity units): a near-blank
+patch (glass) is not blown up to full contrast."""
+
+
+def standardize_patches(patches: torch.Tensor, min_std: float = STANDARDIZE_MIN_STD) -> torch.Tensor:
+    """Each patch minus its per-channel mean, divided by its standard deviation over all channels.
+
+    A patch's brightness and contrast then no longer tell the embedding anything, while its hue
+    (the ratios between channels) does: a lighter or fainter rendering of the same figure gives the
+    same input, the invariance a new lab's stain amount and scanner tone need.
+
+    Args:
+        patches: ``(B, C, P, P)`` float.
+        min_std: the standard deviation is at least this (intensity units), so a blank patch stays flat.
+
+    Returns:
+        ``(B, C, P, P)``: zero mean per channel, unit standard deviation per patch (below the floor: less).
+    """
+    centred = patches - patches.mean(dim=(-2, -1), keepdim=True)
+    std = centred.pow(2).mean(dim=(-3, -2, -1), keepdim=True).sqrt().clamp_min(min_std)
+    return centred / std
 
 
 def distance_similarity(distances: torch.Tensor, margin: float) -> torch.Tensor:
@@ -159,6 +185,9 @@ class SiameseEmbedding(nn.Module):
         :data:`DEFAULT_CALIBRATION` = ``(4, 0)`` until set.
         ``operating_threshold``: scalar, the minimum calibrated probability of a detection among the
         candidates the vote keeps (0 = the vote alone decides); chosen on held-out fields to maximise F1.
+        ``input_standardization``: bool scalar, whether :meth:`forward` first applies
+        :func:`standardize_patches`; saved with the weights, so weights trained either way load and run as
+        trained whatever the config says (a checkpoint saved without it keeps the constructor's value).
         Loading a state dict resizes the first two to the checkpoint's ``K`` (see :meth:`_load_from_state_dict`).
 
     Args:
@@ -174,6 +203,8 @@ class SiameseEmbedding(nn.Module):
             The default 64 keeps a pass's activations in a CPU's cache: on the 2-core development
             machine a 2084x2084 field with 165 candidates (both stages) took 1.19 s with 64 against
             1.64 s with 512, with the same votes; on a GPU a larger chunk may be faster.
+        standardize_input: standardise each patch first (:func:`standardize_patches`): brightness and
+            contrast removed, hue kept. Stored as the ``input_standardization`` buffer.
 
     Raises:
         ValueError: on a non-positive width, size or chunk, an empty ``channels``, a non-positive margin
@@ -195,6 +226,7 @@ class SiameseEmbedding(nn.Module):
         normalize: bool = True,
         margin: float = 1.0,
         chunk_size: int = 64,
+        standardize_input: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(channels, (str, int)) or len(channels) == 0:
@@ -230,6 +262,7 @@ class SiameseEmbedding(nn.Module):
         self.register_buffer("reference_classes", torch.zeros(0, dtype=torch.long))
         self.register_buffer("calibration", torch.tensor(DEFAULT_CALIBRATION, dtype=torch.float32))
         self.register_buffer("operating_threshold", torch.tensor(0.0))
+        self.register_buffer("input_standardization", torch.tensor(bool(standardize_input)))
 
     # ------------------------------------------------------------------ embedding
 
@@ -248,6 +281,8 @@ class SiameseEmbedding(nn.Module):
         """
         if not torch.jit.is_scripting():
             self._check_patches(patches)
+        if bool(self.input_standardization):
+            patches = standardize_patches(patches)
         x = self.features(patches).mean(dim=(-2, -1))
         x = self.projection(x)
         # eps keeps an all-zero embedding finite (it stays zero rather than becoming NaN).
@@ -357,10 +392,13 @@ class SiameseEmbedding(nn.Module):
 
         Only the number of references may differ; a different ``embedding_dim`` is still reported as
         a size mismatch by :meth:`torch.nn.Module.load_state_dict`. A checkpoint saved before
-        ``operating_threshold`` existed loads with threshold 0 (the vote alone decides).
+        ``operating_threshold`` existed loads with threshold 0 (the vote alone decides); one saved before
+        ``input_standardization`` existed keeps the value the module was constructed with.
         """
         if prefix + "calibration" in state_dict and prefix + "operating_threshold" not in state_dict:
             state_dict[prefix + "operating_threshold"] = torch.zeros(())
+        if prefix + "input_standardization" not in state_dict:  # saved before 0.14.0: as constructed
+            state_dict[prefix + "input_standardization"] = self.input_standardization.clone()
         for name in ("references", "reference_classes"):
             key = prefix + name
             if key not in state_dict:

@@ -20,6 +20,7 @@ from mssn_monai.networks import (
     distance_similarity,
     fit_calibration,
     fpr_vote,
+    standardize_patches,
     vote_offsets,
 )
 from mssn_monai.networks.detector import MSSNDetector
@@ -135,6 +136,53 @@ def test_buffers_in_state_dict_with_defaults():
     assert sd["references"].shape == (0, 32)
     assert sd["reference_classes"].shape == (0,) and sd["reference_classes"].dtype == torch.int64
     assert sd["calibration"].tolist() == list(DEFAULT_CALIBRATION)
+
+
+# ---------------------------------------------------------------- input standardisation
+
+
+def test_standardize_patches_exact():
+    x = torch.zeros(2, 3, 4, 4)
+    x[0, :, :2] = torch.tensor([0.2, 0.4, 0.6]).view(3, 1, 1)  # top half coloured, bottom half black
+    out = standardize_patches(x)
+    # each channel's mean is half its value; deviations +-v/2, so the pooled std is sqrt(mean(v^2)) / 2
+    v = torch.tensor([0.2, 0.4, 0.6])
+    std = float(v.pow(2).mean().sqrt()) / 2
+    expected = torch.where(torch.arange(4).view(1, 4, 1) < 2, v.view(3, 1, 1) / 2, -v.view(3, 1, 1) / 2) / std
+    assert torch.allclose(out[0], expected.expand(3, 4, 4), atol=1e-6)
+    assert torch.equal(out[1], torch.zeros(3, 4, 4))  # a blank patch stays flat, no NaN
+    assert torch.allclose(out[0].mean(dim=(-2, -1)), torch.zeros(3), atol=1e-6)
+    assert math.isclose(float(out[0].pow(2).mean()), 1.0, rel_tol=1e-5)
+    # lighter and fainter: the same input once standardised
+    assert torch.allclose(standardize_patches(0.5 * x[:1] + 0.3), out[:1], atol=1e-5)
+    # below the floor the contrast is kept, not stretched
+    faint = 0.001 * torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert float(standardize_patches(faint).abs().max()) < 0.1
+
+
+def test_standardized_embedding_ignores_brightness_and_contrast():
+    net = _tiny(seed=3, standardize_input=True)
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(net(0.6 * x + 0.2), net(x), atol=1e-5)
+        assert not torch.allclose(_tiny(seed=3)(0.6 * x + 0.2), _tiny(seed=3)(x), atol=1e-3)
+        assert torch.allclose(torch.jit.script(net)(x), net(x), atol=1e-6)
+
+
+def test_input_standardization_travels_with_the_weights():
+    trained = _tiny(seed=4, standardize_input=True)
+    assert trained.state_dict()["input_standardization"].item() is True
+    plain = SiameseEmbedding(**TINY)  # a config that does not say so
+    plain.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(x), trained(x))
+    # weights saved before the buffer existed keep what the config built
+    old = {k: v for k, v in _tiny(seed=4).state_dict().items() if k != "input_standardization"}
+    for flag in (False, True):
+        net = SiameseEmbedding(**TINY, standardize_input=flag)
+        net.load_state_dict(old)
+        assert net.input_standardization.item() is flag
 
 
 def test_load_resizes_reference_bank():

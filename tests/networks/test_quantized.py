@@ -79,9 +79,10 @@ def test_calibration_must_match_the_network(net):
         quantize_fnr(net, {**calibration, "engine": "no-such-engine"})
 
 
-def test_int8_embeddings_follow_the_float_embeddings():
+@pytest.mark.parametrize("standardize", [False, True])
+def test_int8_embeddings_follow_the_float_embeddings(standardize):
     torch.manual_seed(0)
-    fpr = SiameseEmbedding(channels=(8, 16), embedding_dim=8).eval()
+    fpr = SiameseEmbedding(channels=(8, 16), embedding_dim=8, standardize_input=standardize).eval()
     fpr.set_references(torch.nn.functional.normalize(torch.randn(5, 8), dim=1), torch.tensor([0, 1, 2, 1, 0]))
     patches = torch.rand(40, 3, 96, 96)
     calibration = calibrate_fpr(fpr, [patches[:20], patches[:0], patches[20:]])
