@@ -207,7 +207,12 @@ def _fine_tune(
     augment = Compose(train_config.get_parsed_content("augmentation"))
     common = {"data": records, "field_transform": fields.normalizer, "transform": augment, "seed": seed}
     stage1 = PatchSampleDataset(
-        patch_size=120, samples_per_epoch=samples_per_epoch, positive_fraction=0.5, mimic_fraction=0.25, **common
+        patch_size=120,
+        samples_per_epoch=samples_per_epoch,
+        positive_fraction=0.5,
+        mimic_fraction=0.25,
+        downsample=detector.stage1_downsample,  # the resolution stage 1 was trained at
+        **common,
     )
     stage2 = PatchSampleDataset(
         patch_size=int(detector.fpr.patch_size),
@@ -251,14 +256,15 @@ def _tiles(
     """Each image as the detector sees it (stain-normalised), as ``tile``-px squares: the grid that covers
     it (the last row and column moved inward so every tile is whole), at most ``per_image`` of them spread
     evenly over the grid, each read and normalised on its own (a large region is never converted whole).
-    ``(1, 3, tile, tile)`` float, or the whole image when it is smaller."""
+    ``(1, 3, tile, tile)`` float, or the whole image when it is smaller; reduced as stage 1 reads it
+    (:meth:`~mssn_monai.networks.detector.MSSNDetector.stage1_input`) when it runs at reduced resolution."""
     for image in images:
         crop = fields.reader(image)
         h, w = int(image.shape[0]), int(image.shape[1])
         ys = sorted({min(y, max(h - tile, 0)) for y in range(0, h, tile)})
         xs = sorted({min(x, max(w - tile, 0)) for x in range(0, w, tile)})
         for y, x in spread([(y, x) for y in ys for x in xs], per_image):
-            yield crop(y, min(y + tile, h), x, min(x + tile, w)).unsqueeze(0)
+            yield fields.detector.stage1_input(crop(y, min(y + tile, h), x, min(x + tile, w)))
 
 
 def align_stage1(fields: Any, source: Sequence[np.ndarray], target: Sequence[np.ndarray]) -> None:

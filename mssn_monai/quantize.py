@@ -79,7 +79,7 @@ def write_calibration(fields: Any, images: Iterable[np.ndarray], models_dir: str
         det = fields.detector.cpu().eval()
         calibration = {
             "format": CALIBRATION_FORMAT,
-            "stage1": calibrate_fnr(det.fnr, prepared),
+            "stage1": calibrate_fnr(det.fnr, (det.stage1_input(p) for p in prepared)),
             "stage2": calibrate_fpr(
                 det.fpr, (p for image in prepared for p in _vote_patches(fields, image, APERIO_SPACING_UM))
             ),

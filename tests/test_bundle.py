@@ -104,6 +104,21 @@ def test_create_workflow_check_properties(tmp_path, config, workflow_type):
         sys.excepthook = hook  # inference.json's initialize installs the one-line error hook
 
 
+def test_train_json_stage1_downsample_reaches_network_dataset_and_fingerprint():
+    """``--stage1_downsample 2`` builds a half-resolution stage 1, samples its patches from reduced fields and
+    keys its resume fingerprint (the default stays full resolution)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "bundle" / "configs" / "train.json")
+    parser.update({"bundle_root": "unused", "dataset_dir": "unused", "device": "$torch.device('cpu')"})
+    assert parser.get_parsed_content("network_def#fnr").input_downsample.item() == 1
+    parser.update({"stage1_downsample": 2, "train_records": [{"image": "unused.png", "mitoses": [[1.0, 1.0]]}]})
+    assert parser.get_parsed_content("network_def#fnr").input_downsample.item() == 2
+    assert parser.get_parsed_content("train#dataset").downsample == 2
+    assert parser.get_parsed_content("train#fingerprint#knobs")[-1] == 2
+
+
 @pytest.mark.parametrize("value, expected", [(None, False), ("true", True), ("false", False), (True, True)])
 def test_train_json_standardize_input_flag(value, expected):
     """``--fpr_standardize_input`` reaches stage 2 (CLI strings parsed as flags, not as truthy strings) and its

@@ -40,6 +40,7 @@ from mssn_monai.io import read_image_rgb
 from mssn_monai.keys import DatalistKeys, PatchClass, PatchKeys
 from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01, to_uint8
 from mssn_monai.ops.patches import extract_patch
+from mssn_monai.ops.resample import downsample_mean, to_reduced_points
 
 __all__ = ["PatchSampleDataset"]
 
@@ -149,6 +150,11 @@ class PatchSampleDataset(Dataset):
         default_spacing: um/px for records without ``spacing``.
         allow_no_positives: when no record has a mitosis, sample negatives only (with a warning) instead of
             raising; meant for validation sets, where a small split may hold no mitosis.
+        downsample: sample from each field reduced by this factor (the mean of each ``f x f`` block, after
+            ``field_transform``; :func:`~mssn_monai.ops.resample.downsample_mean`), for a stage 1 that runs
+            at reduced resolution (``MultiScaleFNR(input_downsample=f)``). Points, spacing and mined hard
+            negatives are given in the records' full-resolution pixels and converted here; ``patch_size``,
+            ``jitter_px`` and :attr:`hard_negatives` are in the reduced image's pixels.
 
     Raises:
         ValueError: a bad knob (the message names it and the value), a record without ``image`` or with
@@ -182,6 +188,7 @@ class PatchSampleDataset(Dataset):
         cache: bool = True,
         default_spacing: float = DEFAULT_SPACING_UM,
         allow_no_positives: bool = False,
+        downsample: int = 1,
     ) -> None:
         if isinstance(patch_size, bool) or not isinstance(patch_size, (int, np.integer)):
             raise ValueError(f"patch_size must be an even int >= 8, got {patch_size!r}.")
@@ -218,6 +225,8 @@ class PatchSampleDataset(Dataset):
             raise ValueError(f"seed must be an int >= 0, got {seed!r}.")
         if not (isinstance(default_spacing, (int, float)) and default_spacing > 0):
             raise ValueError(f"default_spacing must be > 0 um/px, got {default_spacing!r}.")
+        if isinstance(downsample, bool) or not isinstance(downsample, (int, np.integer)) or downsample < 1:
+            raise ValueError(f"downsample must be an int >= 1, got {downsample!r}.")
 
         self.patch_size = int(patch_size)
         self.samples_per_epoch = int(samples_per_epoch)
@@ -232,6 +241,7 @@ class PatchSampleDataset(Dataset):
         self.seed = int(seed)
         self.reseed_transform = bool(reseed_transform)
         self.cache = bool(cache)
+        self.downsample = int(downsample)
 
         self._paths: list[str] = []
         self._spacing: list[float] = []
@@ -247,9 +257,9 @@ class PatchSampleDataset(Dataset):
             if not (isinstance(spacing, (int, float)) and math.isfinite(spacing) and spacing > 0):
                 raise ValueError(f"data[{i}] ({path}): spacing must be > 0 um/px, got {spacing!r}.")
             self._paths.append(path)
-            self._spacing.append(float(spacing))
-            self._mitoses.append(_points(record.get(DatalistKeys.MITOSES), f"data[{i}] ({path}) mitoses"))
-            self._mimics.append(_points(record.get(DatalistKeys.MIMICS), f"data[{i}] ({path}) mimics"))
+            self._spacing.append(float(spacing) * self.downsample)
+            for points, key in ((self._mitoses, DatalistKeys.MITOSES), (self._mimics, DatalistKeys.MIMICS)):
+                points.append(self._reduced(_points(record.get(key), f"data[{i}] ({path}) {key}")))
         if not self._paths:
             raise ValueError("data is empty: PatchSampleDataset needs at least one record.")
         names = [str(r.get(DatalistKeys.DOMAIN, "")) for r in self.data]
@@ -322,6 +332,9 @@ class PatchSampleDataset(Dataset):
                         f"{path}: field_transform changed the image shape {tuple(x.shape)} to {tuple(y.shape)}."
                     )
                 image = to_uint8(y).permute(1, 2, 0).contiguous().numpy()
+            if self.downsample > 1:
+                small = downsample_mean(torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0), self.downsample)
+                image = to_uint8(small[0]).permute(1, 2, 0).contiguous().numpy()
             field = _Field(image=image)
             width, height = field.size
             for what, pts in (("mitosis", self._mitoses[index]), ("mimic", self._mimics[index])):
@@ -348,10 +361,8 @@ class PatchSampleDataset(Dataset):
         return np.stack([cols, rows], axis=1).astype(np.int64) * _NUCLEI_DOWNSAMPLE
 
     def image(self, index: int) -> np.ndarray:
-        """Record ``index``'s image as sampled (after ``field_transform``): ``(H, W, 3)`` uint8, not to be modified.
-
-        Hard-negative mining runs the detector on this, so it sees what training sees.
-        """
+        """Record ``index``'s image as sampled (after ``field_transform``, reduced by ``downsample``):
+        ``(H, W, 3)`` uint8, not to be modified."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self._paths):
             raise IndexError(f"image index must be an int in [0, {len(self._paths)}), got {index!r}.")
         return self._load(int(index)).image
@@ -366,7 +377,8 @@ class PatchSampleDataset(Dataset):
     # ---- hard negatives ------------------------------------------------------------------------
     @property
     def hard_negatives(self) -> dict[int, np.ndarray]:
-        """Mined false positives: ``{image_index: (K, 2) float (x, y)}`` for every record (copies)."""
+        """Mined false positives: ``{image_index: (K, 2) float (x, y)}`` for every record (copies), in the
+        sampled image's pixels (reduced when ``downsample > 1``)."""
         return {i: h.copy() for i, h in enumerate(self._hard)}
 
     def state_dict(self) -> dict[str, Any]:
@@ -407,7 +419,8 @@ class PatchSampleDataset(Dataset):
 
         Args:
             image_index: index of the record in :attr:`data`.
-            points: ``(N, 2)`` ``(x, y)`` pixel coordinates in that image (a sample centred outside the
+            points: ``(N, 2)`` ``(x, y)`` full-resolution pixel coordinates in that image, as the record's
+                points (converted when ``downsample > 1``; a sample centred outside the
                 image is clamped to its border pixel).
 
         Returns:
@@ -423,7 +436,7 @@ class PatchSampleDataset(Dataset):
             or not (0 <= image_index < len(self._paths))
         ):
             raise IndexError(f"image_index must be an int in [0, {len(self._paths)}), got {image_index!r}.")
-        new = _points(points, f"hard negatives of image {image_index}")
+        new = self._reduced(_points(points, f"hard negatives of image {image_index}"))
         kept = np.concatenate([self._mimics[image_index], self._hard[image_index]])
         mitoses = self._mitoses[image_index]
         too_close = self.exclusion_um / self._spacing[image_index]
@@ -439,6 +452,10 @@ class PatchSampleDataset(Dataset):
             self._hard[image_index] = np.concatenate([self._hard[image_index], np.asarray(added)])
             self._mimics_with_hard = None
         return len(added)
+
+    def _reduced(self, points: np.ndarray) -> np.ndarray:
+        """Full-resolution ``(N, 2)`` points in the pixels of the sampled (reduced) image."""
+        return points if self.downsample == 1 else to_reduced_points(points, self.downsample)
 
     # ---- sampling ------------------------------------------------------------------------------
     def _mimic_table(self) -> list[np.ndarray]:

@@ -7,7 +7,9 @@ TorchScript file (``torch.jit.script`` of this module, as ``python -m monai.bund
 
 Steps for one image (:meth:`MSSNDetector.detect`):
 
-1. The FNR maps at stride 4, tile by tile (:meth:`MSSNDetector.stage1_maps`): each tile of about
+1. The FNR maps at stride 4, tile by tile (:meth:`MSSNDetector.stage1_maps`; weights trained at half
+   resolution, ``MultiScaleFNR(input_downsample=2)``, read the image's ``2 x 2`` block means instead,
+   a map at stride 8 of the field for a quarter of the convolutions): each tile of about
    ``tile_px`` x ``tile_px`` output pixels (equal tiles, :func:`balanced_step`) is read with its patch
    context (:meth:`MultiScaleFNR.forward_region`: the tiles overlap by the receptive field, mirrored
    only at the image's own borders), so the stitched map equals the map of the whole image (to float
@@ -57,6 +59,7 @@ from mssn_monai.networks.fpr import SiameseEmbedding, fpr_vote, vote_offsets
 from mssn_monai.ops.intensity import hwc_to_chw_float, to_float01
 from mssn_monai.ops.patches import gather_patches
 from mssn_monai.ops.peaks_torch import find_peaks_torch
+from mssn_monai.ops.resample import downsample_mean
 from mssn_monai.ops.tissue import cell_boxes
 
 __all__ = ["MSSNDetector", "FieldDetector", "balanced_step", "detection_map_to_points", "PLATEAU_MARGIN_CELLS"]
@@ -152,7 +155,6 @@ class MSSNDetector(nn.Module):
         self.min_distance_um = float(min_distance_um)
         self.vote_radius_px = float(vote_radius_px)
         self.tile_cells = int(tile_px) // OUTPUT_STRIDE
-        self.output_stride = OUTPUT_STRIDE
         self.min_score = _MIN_SCORE
         self.patch_size = int(fpr.patch_size)
         self.chunk_size = int(fpr.chunk_size)
@@ -187,6 +189,23 @@ class MSSNDetector(nn.Module):
             "operating_threshold": self.operating_threshold(),
         }
 
+    @property
+    def stage1_downsample(self) -> int:
+        """The reduction stage 1 runs at (1: full resolution), the one its weights were trained for
+        (:class:`~mssn_monai.networks.fnr.MultiScaleFNR`'s ``input_downsample`` buffer)."""
+        return int(self.fnr.input_downsample)
+
+    @property
+    def output_stride(self) -> int:
+        """Input pixels between two cells of the stage-1 maps: 4 times :attr:`stage1_downsample`."""
+        return self.fnr.output_stride * int(self.fnr.input_downsample)
+
+    @property
+    def stage1_half_extent(self) -> tuple[int, int]:
+        """``(qy, qx)``: the patch context of a stage-1 cell in input pixels (the network's, times the reduction)."""
+        f = int(self.fnr.input_downsample)
+        return self.fnr.half_extent[0] * f, self.fnr.half_extent[1] * f
+
     def operating_threshold(self) -> float:
         """The minimum calibrated probability of a detection in force (the override, else the stored one)."""
         if self.threshold_override >= 0:
@@ -201,8 +220,11 @@ class MSSNDetector(nn.Module):
             image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
 
         Returns:
-            ``{name: (ceil(H / 4), ceil(W / 4)) float32}``; cell ``[i, j]`` scores the patch centred at
-            pixel ``(x, y) = (4 j, 4 i)``. ``"fused"`` is the per-cell maximum over the sub-models.
+            ``{name: (ceil(H / s), ceil(W / s)) float32}`` with ``s`` = :attr:`output_stride` (4, or 8 for
+            weights trained at half resolution); cell ``[i, j]`` scores the patch centred at pixel
+            ``(x, y) = (s j, s i)`` (at half resolution: the patch of the reduced image centred on the
+            ``2 x 2`` block whose top-left pixel that is). ``"fused"`` is the per-cell maximum over the
+            sub-models.
         """
         h, w = int(image.shape[-2]), int(image.shape[-1])
         n_rows = (h + self.output_stride - 1) // self.output_stride
@@ -221,12 +243,15 @@ class MSSNDetector(nn.Module):
 
         Args:
             image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
-            row0, rows, col0, cols: the cells wanted (map coordinates, stride 4), inside the image's map.
+            row0, rows, col0, cols: the cells wanted (map coordinates, stride :attr:`output_stride`),
+                inside the image's map. At half resolution the image is reduced first
+                (:meth:`stage1_input`), so a window must start on an even pixel to give the whole image's
+                cells (:class:`FieldDetector`'s windows start on multiples of the stride).
 
         Returns:
             ``{name: (rows, cols) float32}``, the same names as :meth:`stage1_maps`.
         """
-        source = image.unsqueeze(0)
+        source = self.stage1_input(image)
         maps: dict[str, torch.Tensor] = {}
         step_r, step_c = balanced_step(rows, self.tile_cells), balanced_step(cols, self.tile_cells)
         n_tiles = ((rows + step_r - 1) // step_r) * ((cols + step_c - 1) // step_c)
@@ -242,11 +267,25 @@ class MSSNDetector(nn.Module):
         return maps
 
     @torch.jit.export
+    def stage1_input(self, image: torch.Tensor) -> torch.Tensor:
+        """What stage 1 reads of ``image``: ``(1, 3, H, W)``, or the mean of each ``f x f`` block,
+        ``(1, 3, ceil(H / f), ceil(W / f))`` float, for weights trained at a reduction ``f > 1``
+        (:func:`~mssn_monai.ops.resample.downsample_mean`).
+
+        Args:
+            image: ``(3, H, W)`` float RGB in ``[0, 1]`` or uint8.
+        """
+        f = int(self.fnr.input_downsample)
+        if f == 1:
+            return image.unsqueeze(0)
+        return downsample_mean(image.unsqueeze(0), f)
+
+    @torch.jit.export
     def peaks(self, prob_map: torch.Tensor, spacing_um: float) -> torch.Tensor:
         """Candidates of one stage-1 map: local maxima at or above the candidate threshold, ``min_distance_um`` apart.
 
         Args:
-            prob_map: ``(h, w)`` map at stride 4 (one of :meth:`stage1_maps`).
+            prob_map: ``(h, w)`` map at stride :attr:`output_stride` (one of :meth:`stage1_maps`).
             spacing_um: pixel spacing of the image in um/px.
 
         Returns:
@@ -573,7 +612,7 @@ class FieldDetector:
     def _stage1_cells(self, crop: Callable, h: int, w: int, r0: int, rows: int, c0: int, cols: int) -> torch.Tensor:
         """The fused stage-1 map's cells ``[r0, r0 + rows) x [c0, c0 + cols)``, read with their patch context."""
         det, s = self.detector, self.detector.output_stride
-        qy, qx = det.fnr.half_extent
+        qy, qx = det.stage1_half_extent
         hy, hx = -(-qy // s) * s, -(-qx // s) * s  # patch context, rounded up to the stride grid
         y0, x0 = max(0, s * r0 - hy), max(0, s * c0 - hx)
         y1, x1 = min(h, s * (r0 + rows - 1) + qy + 1), min(w, s * (c0 + cols - 1) + qx + 1)
@@ -613,7 +652,7 @@ class FieldDetector:
                 f"cells({r0}, {r1}, {c0}, {c1}) must be a ({r1 - r0}, {c1 - c0}) mask, got {tuple(allowed.shape)}"
             )
         s = self.detector.output_stride
-        context = -(-max(self.detector.fnr.half_extent) // s)  # the patch context, in cells
+        context = -(-max(self.detector.stage1_half_extent) // s)  # the patch context, in cells
         fused = torch.zeros(allowed.shape, dtype=torch.float32, device=self._device)
         for br0, br1, bc0, bc1 in cell_boxes(allowed, context=context):
             fused[br0:br1, bc0:bc1] = self._stage1_cells(crop, h, w, r0 + br0, br1 - br0, c0 + bc0, bc1 - bc0)
@@ -655,7 +694,8 @@ class FieldDetector:
     def peak_margin_cells(self, spacing_um: float) -> int:
         """Map cells of context around a block for its peaks to be those of the whole map.
 
-        A cell is a peak when it is the maximum over a disk of ``r = ceil(min_distance / 4) - 1`` cells
+        A cell is a peak when it is the maximum over a disk of ``r = ceil(min_distance / s) - 1`` cells (``s`` the
+        stride)
         (:func:`~mssn_monai.ops.peaks_torch.find_peaks_torch`), so ``r`` cells of context decide every
         peak of the block; :data:`PLATEAU_MARGIN_CELLS` more let a plateau of equal values (saturated
         probabilities) that crosses the block's edge be seen whole from both sides.
@@ -697,7 +737,8 @@ class FieldDetector:
                 regular subsample, :meth:`~mssn_monai.transforms.NormalizeHEStain.fit_field`).
             cells: where stage 1 may propose candidates (e.g. tissue of a slide): ``cells(r0, r1, c0, c1)``
                 is the ``(r1 - r0, c1 - c0)`` bool mask of map cells ``[r0, r1) x [c0, c1)`` (cell ``(r, c)``
-                is the patch centred at pixel ``(4c, 4r)``). The fused map is then the map times this
+                is the patch centred at pixel ``(s c, s r)``, ``s`` = :attr:`MSSNDetector.output_stride`). The fused map
+                is then the map times this
                 mask: each block computes stage 1 only over boxes around its groups of allowed cells
                 (:func:`~mssn_monai.ops.tissue.cell_boxes`; a block with none is not read at all), and
                 its candidates are the peaks of the masked map, the same whichever blocks ran.
@@ -761,7 +802,8 @@ class FieldDetector:
                 )
 
     def fused_map(self, image: np.ndarray) -> torch.Tensor:
-        """The fused stage-1 map of one field, ``(ceil(H / 4), ceil(W / 4))`` float32 on the detector's device."""
+        """The fused stage-1 map of one field, ``(ceil(H / s), ceil(W / s))`` float32 on the detector's device
+        (``s`` = :attr:`MSSNDetector.output_stride`)."""
         with torch.inference_mode(), _eval(self.detector):
             return self._fused_map(self.reader(image), image.shape[0], image.shape[1])
 

@@ -276,6 +276,13 @@ class MultiScaleFNR(nn.Module):
             ``[dh, dw]`` (defaults ``[1, 2]``, ``[1, 3]``, ``[[1, 1], [2, 1], [4, 2]]``, ``[1, 2, 4]``).
         final_kernels: mapping name -> taps of the feature convolution, int or ``[kh, kw]``
             (default 3, and ``[3, 2]`` for the cross-bar's vertical branch).
+        input_downsample: the image reduction the weights are trained for (1: full resolution; 2: each
+            ``2 x 2`` block averaged first, :func:`~mssn_monai.ops.resample.downsample_mean`, as "Fast and
+            Slow" runs its candidate stage). The network itself never reduces: its input is the reduced
+            image (training patches cut from reduced fields, ``PatchSampleDataset(downsample=2)``), and
+            :class:`~mssn_monai.networks.detector.MSSNDetector` reduces a field before stage 1 and maps
+            the candidates back to full-resolution pixels. Stored as the ``input_downsample`` buffer, so
+            saved weights say which input they expect (a checkpoint without it: the constructed value).
 
     Raises:
         ValueError: on an unknown or repeated sub-model name (with a "did you mean" hint), an unknown
@@ -298,8 +305,11 @@ class MultiScaleFNR(nn.Module):
         patch_sizes: Mapping[str, int | Sequence[int]] | None = None,
         dilations: Mapping[str, Sequence[int | Sequence[int]]] | None = None,
         final_kernels: Mapping[str, int | Sequence[int]] | None = None,
+        input_downsample: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(input_downsample, bool) or not isinstance(input_downsample, int) or input_downsample < 1:
+            raise ValueError(f"input_downsample must be an int >= 1, got {input_downsample!r}.")
         if isinstance(sub_models, str) or len(sub_models) == 0:
             raise ValueError(
                 f"sub_models must be a non-empty list of names from {list(map(str, FNRSubModel))}, got {sub_models!r}."
@@ -348,10 +358,28 @@ class MultiScaleFNR(nn.Module):
         # [stem phase py, px on stem1's stride-2 grid, first stride-4 cell r0, c0, branch cells h, w].
         self.output_stride = OUTPUT_STRIDE  # attributes, not globals, for TorchScript
         self.fused_key = FUSED_KEY
+        self.register_buffer("input_downsample", torch.tensor(int(input_downsample), dtype=torch.int64))
         self._origins = {
             name: [[*self._branch_origin(b)[0], *self._branch_origin(b)[1], *b.cells] for b in head.branches]
             for name, head in self.heads.items()
         }
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """A checkpoint saved before ``input_downsample`` existed (0.15.0) keeps the constructed value."""
+        if prefix + "input_downsample" not in state_dict:
+            state_dict[prefix + "input_downsample"] = self.input_downsample.clone()
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     @property
     def sample_size(self) -> tuple[int, int]:

@@ -288,3 +288,30 @@ def test_state_dict_round_trip_and_image(records, tmp_path):
     assert ds.data[0]["mitoses"] == records[0]["mitoses"] and ds.data[0] is not records[0]
     with pytest.raises(IndexError, match="got 2"):
         ds.image(2)
+
+
+def test_downsample_samples_the_reduced_field_at_converted_points(tmp_path):
+    """``downsample=2``: the field is the mean of its 2x2 blocks, the points move to the reduced grid
+    (``(x + 0.5) / 2 - 0.5``), the spacing doubles, and mined points given at full resolution are converted."""
+    from mssn_monai.ops.intensity import to_uint8
+    from mssn_monai.ops.resample import downsample_mean
+
+    img = np.zeros((40, 48, 3), np.uint8)
+    img[20:22, 30:32] = 200  # one 2x2 block: the reduced pixel (15, 10)
+    img[..., 2] += np.arange(48, dtype=np.uint8)[None, :]  # a gradient, so the reduction is checked exactly
+    rec = [{"image": _write(tmp_path, "d", img), "mitoses": [[30.5, 20.5]], "spacing": SPACING}]
+    ds = PatchSampleDataset(
+        rec, patch_size=8, samples_per_epoch=4, positive_fraction=1.0, mimic_fraction=0.0, jitter_px=0.0, downsample=2
+    )
+    reduced = to_uint8(downsample_mean(torch.from_numpy(img).permute(2, 0, 1)[None], 2)[0]).permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(ds.image(0), reduced)
+    assert ds.image(0).shape == (20, 24, 3)
+    s = ds[0]
+    assert s[PatchKeys.POINT].tolist() == [15.0, 10.0]  # (30.5 + 0.5) / 2 - 0.5 = 15
+    want = torch.as_tensor(reduced[10, 15] / 255.0, dtype=torch.float32)
+    torch.testing.assert_close(_centre(s[PatchKeys.IMAGE]), want)
+    assert ds._spacing == [2 * SPACING]
+    assert ds.add_hard_negatives(0, [[3.5, 39.5]]) == 1  # 16.5 reduced px from the mitosis: beyond 8 um
+    np.testing.assert_allclose(ds.hard_negatives[0], [[1.5, 19.5]])
+    with pytest.raises(ValueError, match="downsample must be an int >= 1"):
+        PatchSampleDataset(rec, downsample=0)
