@@ -37,6 +37,7 @@ __all__ = [
     "open_image",
     "TiledTiffImage",
     "gather_by_tiles",
+    "decode_workers",
     "take_window",
     "LAZY_TIFF_PIXELS",
     "MAX_TILED_PIXELS",
@@ -331,6 +332,34 @@ MAX_CHUNK_PIXELS = 4096 * 4096
 MAX_TILED_PIXELS = 50000 * 50000
 """Largest tiled TIFF page :func:`open_image` opens (read tile by tile, so memory is not the limit: time is)."""
 
+MAX_DECODE_WORKERS = 8
+"""Most threads :class:`TiledTiffImage` decodes the chunks of one window with."""
+
+
+def decode_workers() -> int:
+    """Threads for decoding a window's chunks: ``OMP_NUM_THREADS`` when set (the thread budget a user gives
+    every library), else the CPUs this process may run on; at most :data:`MAX_DECODE_WORKERS`."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    if value.strip().isdigit() and int(value) >= 1:
+        return min(int(value), MAX_DECODE_WORKERS)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, MAX_DECODE_WORKERS))
+
+
+_DECODE_POOLS: dict[int, Any] = {}
+_DECODE_POOLS_LOCK = threading.Lock()
+
+
+def _decode_pool(workers: int) -> Any:
+    """A process-wide thread pool of ``workers`` threads (created once; zlib, JPEG and the other codecs
+    release the GIL while they decode)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _DECODE_POOLS_LOCK:
+        if workers not in _DECODE_POOLS:
+            _DECODE_POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-decode")
+        return _DECODE_POOLS[workers]
+
 
 def gather_by_tiles(
     image: Any,
@@ -407,12 +436,17 @@ class TiledTiffImage:
         cache_mb: decoded chunks kept, in MB.
         level: pyramid level of the first series to read (tifffile's ``series[0].levels``: SubIFD and
             SVS-style pyramids alike); 0 is the first page.
+        workers: threads that decode the chunks a window needs and the cache lacks, all at once (the file
+            is read by one thread, the decoding shared); default :func:`decode_workers`. 1 decodes one
+            chunk after the other as the window is cut. The pixels are the same either way.
 
     Raises:
         ValueError: a page that does not qualify, or a missing level (the message names the file).
     """
 
-    def __init__(self, path: str | os.PathLike, cache_mb: float = 256.0, level: int = 0) -> None:
+    def __init__(
+        self, path: str | os.PathLike, cache_mb: float = 256.0, level: int = 0, workers: int | None = None
+    ) -> None:
         import tifffile
 
         self.path = Path(path)
@@ -444,6 +478,7 @@ class TiledTiffImage:
         self._grid = (-(-self.shape[0] // chunk[0]), -(-self.shape[1] // chunk[1]))
         self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
         self._cache_bytes, self._cache_limit = 0, int(cache_mb * 2**20)
+        self.workers = decode_workers() if workers is None else max(1, int(workers))
 
     def close(self) -> None:
         """Close the file (also done when the object is collected)."""
@@ -464,23 +499,55 @@ class TiledTiffImage:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        page, fh = self._page, self._tif.filehandle
+        return self._store(index, self._decode(index, self._read_raw(index)))
+
+    def _read_raw(self, index: int) -> bytes | None:
+        """The encoded bytes of chunk ``index`` (``None`` for a sparse, empty chunk)."""
+        offset, count = self._page.dataoffsets[index], self._page.databytecounts[index]
+        if not count:
+            return None
+        fh = self._tif.filehandle
+        fh.seek(offset)
+        return fh.read(count)
+
+    def _decode(self, index: int, raw: bytes | None) -> np.ndarray:
+        """Chunk ``index`` decoded from ``raw`` into a whole ``(tile_h, tile_w, samples)`` array (thread-safe)."""
+        page = self._page
         tile = np.zeros((*self.tile, page.samplesperpixel), dtype=page.dtype)
-        offset, count = page.dataoffsets[index], page.databytecounts[index]
-        if count:  # 0: a sparse (empty) chunk
-            fh.seek(offset)
-            segment, _, _ = page.decode(fh.read(count), index, jpegtables=page.jpegtables)
+        if raw is not None:
+            segment, _, _ = page.decode(raw, index, jpegtables=page.jpegtables)
             seg = np.asarray(segment)
             seg = seg.reshape(seg.shape[-3], seg.shape[-2], -1)
             tile[: seg.shape[0], : seg.shape[1]] = seg[: self.tile[0], : self.tile[1]]
+        return tile
+
+    def _store(self, index: int, tile: np.ndarray) -> np.ndarray:
         self._cache[index] = tile
         self._cache_bytes += tile.nbytes
         while self._cache_bytes > self._cache_limit and len(self._cache) > 1:
             self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
         return tile
 
+    def _prefetch(self, key: Any) -> None:
+        """Decode the chunks window ``key`` needs and the cache lacks, in :attr:`workers` threads at once
+        (not when they would not all fit the cache: they are then decoded one by one as they are cut)."""
+        two_slices = isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, slice) for k in key)
+        if self.workers < 2 or not two_slices:
+            return
+        rows = np.arange(self.shape[0])[key[0]] // self.tile[0]
+        cols = np.arange(self.shape[1])[key[1]] // self.tile[1]
+        wanted = [int(ty) * self._grid[1] + int(tx) for ty in np.unique(rows) for tx in np.unique(cols)]
+        missing = [i for i in wanted if i not in self._cache]
+        chunk_bytes = self.tile[0] * self.tile[1] * self._page.samplesperpixel * np.dtype(self._page.dtype).itemsize
+        if len(missing) < 2 or len(wanted) * chunk_bytes > self._cache_limit:
+            return
+        raws = [self._read_raw(i) for i in missing]  # one thread reads the file, in chunk order
+        for index, tile in zip(missing, _decode_pool(self.workers).map(self._decode, missing, raws), strict=True):
+            self._store(index, tile)
+
     def __getitem__(self, key: Any) -> np.ndarray:
         th, tw = self.tile
+        self._prefetch(key)
 
         def pixels(ty: int, tx: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             return take_window(self._tile(ty, tx), rows - ty * th, cols - tx * tw)

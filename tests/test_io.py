@@ -279,9 +279,11 @@ def test_take_window_slices_runs_and_gathers_the_rest():
     np.testing.assert_array_equal(take_window(a, np.array([0, 2]), np.array([1, 2])), [[1, 2], [21, 22]])
 
 
+@pytest.mark.parametrize("workers", [1, 3])
 @pytest.mark.parametrize(("dtype", "samples"), [(np.uint8, 3), (np.uint8, 4), (np.uint16, 1), (np.uint16, 3)])
-def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples):
-    """Any window (steps, edges, partial edge tiles, empty) equals the same window of the whole image."""
+def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples, workers):
+    """Any window (steps, edges, partial edge tiles, empty) equals the same window of the whole image, whether
+    the chunks are decoded one by one or by several threads at once."""
     from mssn_monai.io import TiledTiffImage
 
     rng = np.random.default_rng(0)
@@ -295,9 +297,10 @@ def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples):
         tile=(128, 256),
         photometric="minisblack" if samples == 1 else "rgb",
         extrasamples=[2] if samples == 4 else None,
+        compression="zlib",
     )
     whole = read_image_rgb(path)
-    lazy = TiledTiffImage(path)
+    lazy = TiledTiffImage(path, workers=workers)
     assert lazy.shape == whole.shape and lazy.tile == (128, 256)
     for rows, cols in [
         (slice(None), slice(None)), (slice(100, 333), slice(255, 514)), (slice(None, None, 7), slice(3, None, 5)),
@@ -308,6 +311,17 @@ def test_tiled_tiff_windows_equal_the_whole_read(tmp_path, dtype, samples):
     with pytest.raises(TypeError, match="two slices"):
         lazy[3]
     lazy.close()
+
+
+def test_decode_workers_follow_omp_num_threads(monkeypatch):
+    from mssn_monai.io import MAX_DECODE_WORKERS, decode_workers
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert decode_workers() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    assert decode_workers() == MAX_DECODE_WORKERS
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert 1 <= decode_workers() <= MAX_DECODE_WORKERS
 
 
 def test_open_image_reads_large_tiled_tiffs_lazily_and_refuses_bombs(tmp_path, monkeypatch):
