@@ -43,6 +43,13 @@ def test_levels_are_read_lazily_and_equal_the_written_pyramid(tmp_path):
         s.level_image(3)
 
 
+def test_a_slide_too_small_for_one_island_is_refused(tmp_path):
+    """Asking for islands that cannot fit is an error, not a slide of bare glass."""
+    with pytest.raises(ValueError, match="no island of 4096 px fits a 4352x4352 slide .* at least 5120 px"):
+        generate_slide(tmp_path / "small.tif", size=(4352, 4352), island=4096, n_islands=1)
+    assert not (tmp_path / "small.tif").exists()
+
+
 def test_hotspot_of_the_report_is_exact_and_scored():
     spacing = 0.25  # 4000 px per mm
     r_px = np.sqrt(2.0 / np.pi) * 4000

@@ -108,6 +108,9 @@ def generate_slide(
 
     Returns:
         a :class:`SyntheticSlide`.
+
+    Raises:
+        ValueError: when not one island fits the slide.
     """
     width, height = int(size[0]), int(size[1])
     rng = np.random.default_rng(seed)
@@ -116,6 +119,11 @@ def generate_slide(
     per_row = max((width - gap) // (island + gap), 0)
     per_col = max((height - gap) // (island + gap), 0)
     slots = [(r, c) for r in range(per_col) for c in range(per_row)][:n_islands]
+    if n_islands >= 1 and not slots:
+        raise ValueError(
+            f"no island of {island} px fits a {width}x{height} slide with its {gap}-px glass margin: "
+            f"the slide needs at least {island + 2 * gap} px on each side."
+        )
     mask = _ellipse(island, island)
     inner = _ellipse(island - 48, island - 48)  # mitoses at least 24 px inside the edge
     inner = np.pad(inner, 24)
