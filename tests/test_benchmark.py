@@ -118,8 +118,10 @@ def test_headline_suite_small():
         slide_islands=1,
         field_px=256,
         region_size=(256, 256),
+        large_slide_px=512,
     )
-    for key in ("field_seconds", "naive_ratio", "floor_ratio", "region_seconds", "peak_rss_mb", "slide_mm2_per_s"):
+    keys = ("field_seconds", "naive_ratio", "floor_ratio", "region_seconds", "peak_rss_mb", "slide_mm2_per_s")
+    for key in (*keys, "slide_large_mm2_per_s", "slide_large_mm2_per_s_int8"):
         assert math.isfinite(results[key]), key
     for key in ("field_seconds_int8", "stage1_seconds_int8", "slide_mm2_per_s_int8"):  # the shipped calibration
         assert math.isfinite(results[key]), key
