@@ -67,6 +67,7 @@ import torch.nn.functional as F
 from monai.utils import StrEnum, look_up_option
 from torch import nn
 
+from mssn_monai.networks.state import keep_constructed_buffers
 from mssn_monai.ops.intensity import to_float01
 from mssn_monai.ops.patches import as_pair, mirror_take
 
@@ -359,27 +360,12 @@ class MultiScaleFNR(nn.Module):
         self.output_stride = OUTPUT_STRIDE  # attributes, not globals, for TorchScript
         self.fused_key = FUSED_KEY
         self.register_buffer("input_downsample", torch.tensor(int(input_downsample), dtype=torch.int64))
+        # weights saved before 0.15.0 have no such buffer: they keep the constructed value
+        self.register_load_state_dict_pre_hook(keep_constructed_buffers("input_downsample"))
         self._origins = {
             name: [[*self._branch_origin(b)[0], *self._branch_origin(b)[1], *b.cells] for b in head.branches]
             for name, head in self.heads.items()
         }
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        """A checkpoint saved before ``input_downsample`` existed (0.15.0) keeps the constructed value."""
-        if prefix + "input_downsample" not in state_dict:
-            state_dict[prefix + "input_downsample"] = self.input_downsample.clone()
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
 
     @property
     def sample_size(self) -> tuple[int, int]:

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mssn_monai.keys import PatchClass
+from mssn_monai.networks.state import keep_constructed_buffers
 
 __all__ = [
     "NUM_CLASSES",
@@ -397,8 +398,7 @@ class SiameseEmbedding(nn.Module):
         """
         if prefix + "calibration" in state_dict and prefix + "operating_threshold" not in state_dict:
             state_dict[prefix + "operating_threshold"] = torch.zeros(())
-        if prefix + "input_standardization" not in state_dict:  # saved before 0.14.0: as constructed
-            state_dict[prefix + "input_standardization"] = self.input_standardization.clone()
+        keep_constructed_buffers("input_standardization")(self, state_dict, prefix)  # saved before 0.14.0
         for name in ("references", "reference_classes"):
             key = prefix + name
             if key not in state_dict:
