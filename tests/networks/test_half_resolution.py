@@ -105,3 +105,11 @@ def test_the_reduction_travels_with_the_weights(half):
     assert default.output_stride == 4
     with pytest.raises(ValueError, match="input_downsample must be an int >= 1"):
         MultiScaleFNR(input_downsample=0)
+
+
+def test_adapt_measures_batchnorm_on_what_stage_1_reads(half, field):
+    """``adapt``'s stage-1 alignment feeds the network the reduced tiles, as detection does."""
+    from mssn_monai.adapt import _tiles
+
+    tiles = list(_tiles(FieldDetector(half), [field], tile=256, per_image=2))
+    assert [tuple(t.shape) for t in tiles] == [(1, 3, 128, 128)] * 2

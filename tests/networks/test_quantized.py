@@ -163,3 +163,34 @@ def test_shipped_bundle_has_a_current_calibration():
     calibration = load_int8_calibration(DEFAULT_BUNDLE)  # refuses a stale one
     for stage in ("stage1", "stage2"):
         assert calibration[stage]["engine"] in torch.backends.quantized.supported_engines
+
+
+def test_half_resolution_weights_calibrate_and_run_in_int8(bundle_copy, monkeypatch):
+    """Weights whose stage 1 runs at half resolution: ``quantize`` calibrates stage 1 on the reduced fields it
+    will see (1024 -> 512 px), and the int8 map follows the float map at stride 8."""
+    import numpy as np
+
+    import mssn_monai.quantize as quantize
+    from mssn_monai.data.synthetic import generate_field
+
+    path = bundle_copy / "models" / "model.pt"
+    state = torch.load(path, weights_only=True)
+    state["fnr.input_downsample"] = torch.tensor(2)
+    torch.save(state, path)
+    seen = []
+
+    def spy(fnr, images, engine=None):
+        images = list(images)
+        seen.extend(tuple(x.shape) for x in images)
+        return calibrate_fnr(fnr, images, engine)
+
+    monkeypatch.setattr(quantize, "calibrate_fnr", spy)
+    main(["quantize", "--bundle", str(bundle_copy), "--n-fields", "1"])
+    assert seen == [(1, 3, 512, 512)]
+    image = generate_field((320, 288), seed=3).image
+    float_map = load_detector(bundle_copy).fused_map(image)
+    int8 = load_detector(bundle_copy, int8=True)
+    assert int8.int8 and int8.detector.output_stride == 8
+    int8_map = int8.fused_map(image)
+    assert float_map.shape == int8_map.shape == (-(-image.shape[0] // 8), -(-image.shape[1] // 8))
+    assert float(np.abs((int8_map - float_map).numpy()).mean()) < 0.02
