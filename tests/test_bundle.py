@@ -119,7 +119,7 @@ def test_train_json_stage1_downsample_reaches_network_dataset_and_fingerprint():
     assert parser.get_parsed_content("train#fingerprint#knobs")[-1] == 2
 
 
-@pytest.mark.parametrize("value, expected", [(None, False), ("true", True), ("false", False), (True, True)])
+@pytest.mark.parametrize("value, expected", [(None, True), ("true", True), ("false", False), (True, True)])
 def test_train_json_standardize_input_flag(value, expected):
     """``--fpr_standardize_input`` reaches stage 2 (CLI strings parsed as flags, not as truthy strings) and its
     resume fingerprint, so a checkpoint trained the other way is not resumed."""
