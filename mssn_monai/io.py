@@ -346,19 +346,21 @@ def decode_workers() -> int:
     return max(1, min(cpus, MAX_DECODE_WORKERS))
 
 
-_DECODE_POOLS: dict[int, Any] = {}
+_DECODE_POOLS: dict[tuple[int, int], Any] = {}
 _DECODE_POOLS_LOCK = threading.Lock()
 
 
 def _decode_pool(workers: int) -> Any:
-    """A process-wide thread pool of ``workers`` threads (created once; zlib, JPEG and the other codecs
-    release the GIL while they decode)."""
+    """A thread pool of ``workers`` threads, one per process (created once; zlib, JPEG and the other codecs
+    release the GIL while they decode). Keyed by the process id too: a forked child (a DataLoader worker)
+    inherits the parent's pool object but not its threads, so it makes its own."""
     from concurrent.futures import ThreadPoolExecutor
 
+    key = (os.getpid(), workers)
     with _DECODE_POOLS_LOCK:
-        if workers not in _DECODE_POOLS:
-            _DECODE_POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-decode")
-        return _DECODE_POOLS[workers]
+        if key not in _DECODE_POOLS:
+            _DECODE_POOLS[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiff-decode")
+        return _DECODE_POOLS[key]
 
 
 def gather_by_tiles(

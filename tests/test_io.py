@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 import tifffile
@@ -357,3 +360,27 @@ def test_stripped_tiff_is_read_by_strips_with_a_cache(tmp_path):
     assert len(lazy._cache) <= 3 and lazy._cache_bytes <= 3 * 16 * 77 * 3
     tifffile.imwrite(tmp_path / "one.tif", pixels, rowsperstrip=301, photometric="rgb")
     assert TiledTiffImage(tmp_path / "one.tif").tile == (301, 77)  # one small strip still qualifies
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_tiled_tiff_decodes_in_a_forked_child_after_the_parent_did(tmp_path):
+    """A child forked after the parent decoded with threads gets its own pool (the parent's threads do not
+    exist there), so a DataLoader worker does not wait forever."""
+    from mssn_monai.io import TiledTiffImage
+
+    pixels = np.random.default_rng(4).integers(0, 255, (256, 256, 3)).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "t.tif", pixels, tile=(64, 64), photometric="rgb", compression="zlib")
+    np.testing.assert_array_equal(TiledTiffImage(tmp_path / "t.tif", workers=2)[:, :], pixels)
+    pid = os.fork()
+    if pid == 0:  # the child: read again with threads, exit 0 when the pixels are right
+        ok = np.array_equal(TiledTiffImage(tmp_path / "t.tif", workers=2)[:, :], pixels)
+        os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    pytest.fail("the forked child hung decoding tiles")

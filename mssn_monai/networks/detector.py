@@ -108,7 +108,8 @@ class MSSNDetector(nn.Module):
         candidate_threshold: minimum fused FNR probability of a candidate, in ``[0, 1]``.
         min_distance_um: minimum distance between two candidates, in micrometres.
         vote_radius_px: radius of the FPR vote's patch centres, in pixels (2 px: 13 patches).
-        tile_px: FNR tile size in output pixels (rounded down to a multiple of 4); bounds memory.
+        tile_px: FNR tile size in the pixels stage 1 reads (rounded down to a multiple of 4; at half
+            resolution a tile spans twice as many pixels of the field); bounds memory.
         progress: show a progress bar over the FNR tiles of an image that needs more than one (eager
             mode only; TorchScript skips it).
         operating_threshold: minimum calibrated probability of a detection; ``None`` uses the one stored
@@ -694,11 +695,10 @@ class FieldDetector:
     def peak_margin_cells(self, spacing_um: float) -> int:
         """Map cells of context around a block for its peaks to be those of the whole map.
 
-        A cell is a peak when it is the maximum over a disk of ``r = ceil(min_distance / s) - 1`` cells (``s`` the
-        stride)
-        (:func:`~mssn_monai.ops.peaks_torch.find_peaks_torch`), so ``r`` cells of context decide every
-        peak of the block; :data:`PLATEAU_MARGIN_CELLS` more let a plateau of equal values (saturated
-        probabilities) that crosses the block's edge be seen whole from both sides.
+        A cell is a peak when it is the maximum over a disk of ``r = ceil(min_distance / s) - 1`` cells
+        (``s`` the stride; :func:`~mssn_monai.ops.peaks_torch.find_peaks_torch`), so ``r`` cells of context
+        decide every peak of the block; :data:`PLATEAU_MARGIN_CELLS` more let a plateau of equal values
+        (saturated probabilities) that crosses the block's edge be seen whole from both sides.
         """
         min_distance_px = self.detector.min_distance_um / float(spacing_um)
         r = max(int(math.ceil(min_distance_px / self.detector.output_stride)) - 1, 0)
