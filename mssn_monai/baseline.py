@@ -23,6 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from mssn_monai.constants import DEFAULT_SPACING_UM
+from mssn_monai.ops.resample import from_reduced_points
 
 __all__ = ["hematoxylin_density", "detect_baseline"]
 
@@ -92,9 +93,7 @@ def detect_baseline(
     rows, cols = blobs[:, 0], blobs[:, 1]
     score = core[rows.astype(int), cols.astype(int)]
     keep = score >= darkness
-    x = (cols[keep] + 0.5) * factor - 0.5
-    y = (rows[keep] + 0.5) * factor - 0.5
-    det = np.stack([x, y, score[keep]], axis=1)
+    det = from_reduced_points(np.stack([cols[keep], rows[keep], score[keep]], axis=1), factor)  # block centres
     det = det[np.argsort(-det[:, 2], kind="stable")]
     return _suppress(det, min_distance_um * px)
 
