@@ -50,13 +50,21 @@ def to_reduced_points(points: np.ndarray, factor: int) -> np.ndarray:
 
     ``(x + 0.5) / factor - 0.5``: pixel centres map onto pixel centres (columns after the second are kept).
     """
-    out = np.array(points, dtype=np.float64, copy=True).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
+    out = _as_rows(points)
     out[:, :2] = (out[:, :2] + 0.5) / factor - 0.5
     return out
 
 
 def from_reduced_points(points: np.ndarray, factor: int) -> np.ndarray:
     """The inverse of :func:`to_reduced_points`: ``(x + 0.5) * factor - 0.5``."""
-    out = np.array(points, dtype=np.float64, copy=True).reshape(len(points), -1) if len(points) else np.zeros((0, 2))
+    out = _as_rows(points)
     out[:, :2] = (out[:, :2] + 0.5) * factor - 0.5
     return out
+
+
+def _as_rows(points: np.ndarray) -> np.ndarray:
+    """A float64 ``(N, C)`` copy of ``points`` (an empty 2-D array keeps its columns; other empties are ``(0, 2)``)."""
+    out = np.array(points, dtype=np.float64, copy=True)
+    if out.ndim == 2:
+        return out
+    return np.zeros((0, 2)) if out.size == 0 else out.reshape(len(out), -1)

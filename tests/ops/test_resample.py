@@ -35,6 +35,7 @@ def test_points_map_pixel_centres_onto_pixel_centres():
     np.testing.assert_allclose(red, [[0.0, 0.0, 0.9], [15.0, 10.0, 0.1], [1.25, 1.75, 0.5]])
     np.testing.assert_allclose(from_reduced_points(red, 2), pts)
     assert to_reduced_points(np.zeros((0, 2)), 2).shape == (0, 2)
+    assert from_reduced_points(np.zeros((0, 3)), 2).shape == (0, 3)  # no rows: the columns stay
 
 
 def test_downsample_mean_is_torchscript_able():
