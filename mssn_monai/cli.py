@@ -58,15 +58,17 @@ def synth(
             ``prepare --format mitos-atypia-14`` assumes by default).
         frames_per_slide: fields per synthetic slide (a slide shares its stain and tissue look).
         style: the look of every slide, one of ``default``, ``shifted``, ``pale``, ``dark``, ``magenta``,
-            ``faded`` or ``random`` (``mssn_monai.data.synthetic.STYLES``). ``default`` is the classic
+            ``faded``, ``random`` or ``blend`` (``mssn_monai.data.synthetic.STYLES``). ``default`` is the classic
             look; ``shifted`` another lab's and scanner's (stain hues and amounts outside the default
             range, tone curve, blur, noise, JPEG); ``pale`` (weak hematoxylin, bluish eosin, sharp
             scanner, sparse small cells and figures), ``dark`` (strong purple stain, heavy blur and JPEG,
             dense large nuclei, large figures), ``magenta`` (warm red-magenta lab, fibrous stroma, many
             atypical figures) and ``faded`` (greyish archival stain, low contrast, noise) differ in
             stain, scanner and morphology, for leave-one-style-out tests; ``random`` draws each slide
-            afresh from the whole family. The ranges are listed in ``mssn_monai/data/synthetic.py``.
-        exclude: with ``--style random``, named styles whose parameters are never drawn, e.g.
+            afresh from the whole family (each parameter one look's); ``blend`` too, each parameter
+            between two looks' values (and a quarter past them). The ranges are listed in
+            ``mssn_monai/data/synthetic.py``.
+        exclude: with ``--style random`` or ``blend``, named styles whose parameters are never drawn, e.g.
             ``--exclude pale`` or ``--exclude pale,dark``: the family without a look held out for testing.
     """
     from mssn_monai.data.synthetic import generate_dataset
@@ -700,7 +702,7 @@ ARG_LIMITS = {
         "seed": "[0, inf)",
         "spacing": "(0, inf)",
         "frames_per_slide": "[1, inf)",
-        "style": ("default", "shifted", "pale", "dark", "magenta", "faded", "random"),
+        "style": ("default", "shifted", "pale", "dark", "magenta", "faded", "random", "blend"),
     },
     "prepare": {
         "format": ("icpr2012", "mitos-atypia-14", "tupac16", "midog"),

@@ -1,6 +1,6 @@
 """Leave-one-style-out: train on all synthetic looks but one, test on the held-out one (MIDOG's unseen scanner).
 
-For every look of ``mssn_monai.data.synthetic.STYLES`` (``random`` excepted) this renders training,
+For every look of ``mssn_monai.data.synthetic.LOOKS`` (the named styles) this renders training,
 validation and test fields, then for each held-out look trains ``configs/train.json`` on the training
 and validation fields of the *other* looks (settings are chosen on those validation fields only) and
 scores the held-out look's test fields: stage-1 recall and candidates per field, final precision /
@@ -12,7 +12,7 @@ Usage::
     python scripts/loso.py data --out runs/loso     # 8 training, 2 validation, 16 test fields of 1024x1024 per look
     python scripts/loso.py train --out runs/loso --holdout pale [--epochs 6 --fpr-epochs 60] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
-        [--family-fields 40]   # + 40 fields of the family without the held-out look (synth --exclude)
+        [--family-fields 40 [--family-style blend]]   # + 40 fields of the family without the held-out look
     python scripts/loso.py table --out runs/loso
     python scripts/loso.py refit --out runs/loso      # folds trained before 0.10: threshold refit per look
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _styles() -> list[str]:
-    from mssn_monai.data.synthetic import STYLES
+    from mssn_monai.data.synthetic import LOOKS
 
-    return [s for s in STYLES if s != "random"]
+    return list(LOOKS)
 
 
 def _render(root: Path, n: int, size: int, seed: int, style: str, exclude: tuple[str, ...] = ()) -> list[dict]:
@@ -120,28 +120,30 @@ def _with_domain(records: list[dict], look: str) -> list[dict]:
     return [{**r, "domain": look} for r in records]
 
 
-def family_without(out: str | Path, holdout: str, n: int, size: int = 1024) -> Path:
-    """``n`` fields of the family with no parameter of ``holdout`` (``synth --style random --exclude``),
-    ``OUT/data/random_without_<holdout>/datalist.json``: domain randomisation for the fold of ``holdout``."""
+def family_without(out: str | Path, holdout: str, n: int, size: int = 1024, style: str = "random") -> Path:
+    """``n`` fields of the family with no parameter of ``holdout`` (``synth --style random --exclude``; or
+    ``--style blend``: values between the other looks'), ``OUT/data/<style>_without_<holdout>/datalist.json``:
+    domain randomisation for the fold of ``holdout``."""
     from mssn_monai.data.datalist import write_datalist
 
-    root = Path(out) / "data" / f"random_without_{holdout}"
+    root = Path(out) / "data" / f"{style}_without_{holdout}"
     if not (root / "datalist.json").is_file():
-        records = _render(root, n, size, 900 + _styles().index(holdout), "random", exclude=(holdout,))
+        records = _render(root, n, size, 900 + _styles().index(holdout), style, exclude=(holdout,))
         write_datalist({"training": records}, root / "datalist.json")
     return root / "datalist.json"
 
 
-def _fold_datalist(out: Path, holdout: str, family_fields: int = 0) -> Path:
+def _fold_datalist(out: Path, holdout: str, family_fields: int = 0, family_style: str = "random") -> Path:
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     fold = out / "folds" / holdout
     sections: dict[str, list] = {"training": [], "validation": [], "testing": []}
     if family_fields:
-        mixed = load_datalist(family_without(out, holdout, family_fields), "training")
+        mixed = load_datalist(family_without(out, holdout, family_fields, style=family_style), "training")
         if len(mixed) != family_fields:
-            raise ValueError(f"{out}/data/random_without_{holdout} holds {len(mixed)} fields, not {family_fields}")
-        sections["training"] += _with_domain(mixed, "random")
+            where = f"{out}/data/{family_style}_without_{holdout}"
+            raise ValueError(f"{where} holds {len(mixed)} fields, not {family_fields}")
+        sections["training"] += _with_domain(mixed, family_style)
     for style in _styles():
         dl = out / "data" / style / "datalist.json"
         if style == holdout:
@@ -155,14 +157,15 @@ def _fold_datalist(out: Path, holdout: str, family_fields: int = 0) -> Path:
 
 def train(
     out: str, holdout: str, epochs: int = 6, fpr_epochs: int = 60, workers: int = 1, extra: str = "",
-    family_fields: int = 0,
+    family_fields: int = 0, family_style: str = "random",
 ) -> float:  # fmt: skip
     """Train one fold (all looks but ``holdout``) into ``OUT/folds/<holdout>/bundle``; returns seconds.
 
     With ``family_fields`` N > 0 the fold also trains on N fields drawn from the family without the
-    held-out look (:func:`family_without`): every combination of the other looks' parameters.
+    held-out look (:func:`family_without`): every combination of the other looks' parameters
+    (``family_style="random"``), or values between them (``"blend"``).
     """
-    fold = _fold_datalist(Path(out).resolve(), holdout, family_fields)
+    fold = _fold_datalist(Path(out).resolve(), holdout, family_fields, family_style)
     bundle = fold / "bundle"
     if (bundle / "models" / "model.pt").is_file():
         return 0.0

@@ -11,6 +11,8 @@ import tifffile
 
 from mssn_monai.data.synthetic import (
     ATYPICAL_PHASES,
+    BLEND_SPREAD,
+    LOOKS,
     MIMIC_KINDS,
     MITOSIS_PHASES,
     STYLES,
@@ -21,7 +23,7 @@ from mssn_monai.data.synthetic import (
     generate_field,
 )
 
-NAMED = tuple(s for s in STYLES if s != "random")
+NAMED = LOOKS
 NEW_KINDS = ATYPICAL_PHASES + ("neutrophil", "debris")
 
 
@@ -115,7 +117,9 @@ def test_generate_field_default_is_pinned():
 
 
 def test_styles_are_listed():
-    assert set(STYLES) >= {"default", "shifted", "random"} and len(NAMED) >= 5 and len(set(STYLES)) == len(STYLES)
+    assert set(STYLES) >= {"default", "shifted", "random", "blend"} and len(NAMED) >= 5
+    assert len(set(STYLES)) == len(STYLES)
+    assert set(STYLES) - set(LOOKS) == {"random", "blend"}
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -200,7 +204,8 @@ def test_random_style_without_excluded_looks(monkeypatch, tmp_path):
     "style, exclude, match",
     [
         ("random", ("pal",), "unknown style 'pal'"),
-        ("pale", ("dark",), "style 'random' only"),
+        ("pale", ("dark",), "'random' and 'blend' only"),
+        ("blend", ("pal",), "unknown style 'pal'"),
         ("random", NAMED, "every"),
     ],
 )
@@ -210,6 +215,54 @@ def test_exclude_refuses_bad_input(tmp_path, style, exclude, match):
     assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match=match):
         draw_look(style, np.random.default_rng(0), exclude=exclude)
+
+
+def test_blend_style_lies_between_the_looks(monkeypatch):
+    """``blend``: each parameter between two allowed looks' values or a quarter past them, never an
+    excluded look's, and values no look has."""
+    from dataclasses import replace
+
+    import mssn_monai.data.synthetic as synthetic
+
+    base = StainStyle.random(np.random.default_rng(0))
+    values = {name: 1.0 + i for i, name in enumerate(NAMED)}  # amount_h of each look: 1, 2, ...
+
+    def marked(v: float):
+        return lambda rng: replace(base, amount_h=v, noise=v, morphology=Morphology(nucleus_um=(v + 2.0, v + 3.0)))
+
+    monkeypatch.setattr(synthetic, "_NAMED", {name: marked(v) for name, v in values.items()})
+    allowed = [v for name, v in values.items() if name not in ("pale", "dark")]
+    lo, hi = min(allowed), max(allowed)
+    reach = BLEND_SPREAD * (hi - lo)
+    rng = np.random.default_rng(2)
+    drawn = []
+    for _ in range(200):
+        look = draw_look("blend", rng, exclude=("pale", "dark"))
+        drawn.append(look.amount_h)
+        a, b = look.morphology.nucleus_um
+        assert a <= b and abs((b - a) - 1.0) < 1e-9  # a range stays a range of the same width here
+        assert lo - reach - 1e-9 <= look.noise <= hi + reach + 1e-9
+    drawn = np.asarray(drawn)
+    assert drawn.min() >= lo - reach - 1e-9 and drawn.max() <= hi + reach + 1e-9
+    assert drawn.min() < lo and drawn.max() > hi  # past the looks, both ways
+    assert np.mean(np.abs(drawn - np.round(drawn)) > 0.05) > 0.5  # mostly values no look has
+
+
+def test_blend_value_exact_cases():
+    from mssn_monai.data.synthetic import _blend_value as blend
+
+    rng = np.random.default_rng(0)
+    assert blend("amount_h", 1.0, 2.0, 0.5, rng) == 1.5
+    assert blend("amount_h", 0.5, 1.0, -2.0, rng) == 0.2  # floored where the stain would vanish
+    assert blend("mitosis_halo_p", 0.8, 0.9, 3.0, rng) == 1.0  # a probability stays one
+    assert blend("nucleoli_max", 1, 3, 0.5, rng) == 2 and isinstance(blend("nucleoli_max", 1, 3, 0.6, rng), int)
+    assert blend("chromatin", (0.3, 0.4), (0.5, 0.1), 1.0, rng) == pytest.approx((0.1, 0.5))  # a range kept in order
+    assert blend("cell_gap_um", (12.0, 3.0), (10.0, 5.0), 0.5, rng) == (11.0, 4.0)  # a pair is not reordered
+    assert blend("mimic_rates", {"a": 2.0}, {"b": 4.0}, 0.5, rng) == {"a": 1.0, "b": 2.0}
+    assert blend("prophase_clumped_p", None, 0.5, 0.5, rng) in (None, 0.5)  # the classic None: one of the two
+    h = blend("stain_h", np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]), 0.5, rng)
+    np.testing.assert_allclose(h, np.array([1.0, 1.0, 0.0]) / np.sqrt(2.0))
+    np.testing.assert_array_equal(blend("white", np.full(3, 250.0), np.full(3, 200.0), -1.0, rng), np.full(3, 255.0))
 
 
 def test_no_exclusion_keeps_the_family_draws():

@@ -72,6 +72,10 @@ style         stain and scanner                               morphology
 ``random``    each slide a fresh draw from the whole family: every stain, scanner and morphology
               parameter is taken from the look of a randomly chosen named style, so that combinations
               no single style has appear
+``blend``     each slide a fresh look *between* the named ones: every parameter is ``a + t (b - a)`` of
+              two randomly chosen looks' values, ``t`` uniform in ``[-0.25, 1.25]`` (:data:`BLEND_SPREAD`),
+              clipped to where it renders (stain hues renormalised; a parameter one look leaves at its
+              classic ``None`` is taken from either look), so that values no single style has appear
 ============  ==============================================  ==============================================
 
 ``default`` and ``shifted`` keep their random draws: the same seed writes the same bytes as before
@@ -110,6 +114,8 @@ __all__ = [
     "ATYPICAL_PHASES",
     "MIMIC_KINDS",
     "STYLES",
+    "LOOKS",
+    "BLEND_SPREAD",
     "Morphology",
     "SyntheticField",
     "StainStyle",
@@ -562,7 +568,88 @@ def _family(rng: np.random.Generator, exclude: tuple[str, ...] = ()) -> StainSty
     return StainStyle(**stain)
 
 
-STYLES = (*_NAMED, "random")
+BLEND_SPREAD = 0.25
+"""How far the ``blend`` style reaches past its two looks: each parameter is ``a + t (b - a)`` with
+``t`` uniform in ``[-BLEND_SPREAD, 1 + BLEND_SPREAD]`` (0: only values between the two looks')."""
+
+# Bounds a blended parameter is clipped to (a value outside would not render, or not mean what it
+# says); parameters not named here only need to stay >= 0.
+_BLEND_BOUNDS: dict[str, tuple[float, float]] = {
+    "white": (150.0, 255.0),
+    "gamma": (0.5, 2.0),
+    "jpeg_quality": (30.0, 100.0),
+    "white_frac": (0.0, 0.9),
+    "tumour_threshold": (0.05, 0.95),
+    "nucleus_aspect": (0.15, 1.0),
+    "stromal_aspect": (0.1, 1.0),
+    "infiltrate_p": (0.0, 1.0),
+    "plate_bend": (0.0, 0.5),
+    "prophase_clumped_p": (0.0, 1.0),
+    "mitosis_halo_p": (0.0, 1.0),
+    "mitosis_clear_p": (0.0, 1.0),
+    "mimic_halo_p": (0.0, 1.0),
+}
+_BLEND_POSITIVE: dict[str, float] = {  # parameters that must stay above zero: their floor
+    "amount_h": 0.2,
+    "amount_e": 0.2,
+    "tissue_cells": 0.5,
+    "density_cells": 0.5,
+    "fibre_um": 0.1,
+    "cell_area_um2": 20.0,
+    "cytoplasm_um": 2.0,
+    "nucleus_um": 1.5,
+    "grain_um": 0.1,
+    "stromal_um": 1.5,
+    "mitosis_scale": 0.3,
+    "arm_count": 0.3,
+    "arm_length": 0.3,
+    "arm_width": 0.3,
+    "anaphase_sep_um": 1.0,
+    "nucleoli_max": 1.0,
+}
+
+
+def _blend_value(name: str, a: object, b: object, t: float, rng: np.random.Generator) -> object:
+    """``a + t (b - a)`` for one parameter of two looks, clipped to where it renders; a parameter that
+    cannot be blended (``None`` in one look, a flag) is taken from one of them at random."""
+    if a is None or b is None or isinstance(a, bool) or type(a) is not type(b):
+        return a if rng.random() < 0.5 else b
+    lo, hi = _BLEND_BOUNDS.get(name, (_BLEND_POSITIVE.get(name, 0.0), np.inf))
+    if isinstance(a, dict):  # relative frequencies: a kind one look lacks counts as 0 there
+        keys = list(dict.fromkeys([*a, *b]))
+        out = {k: max(0.0, a.get(k, 0.0) + t * (b.get(k, 0.0) - a.get(k, 0.0))) for k in keys}
+        return out if sum(out.values()) > 0 else dict(a)
+    if isinstance(a, tuple):  # a range (kept in order) or a pair (cell_gap_um: two coefficients)
+        ends = [float(np.clip(x + t * (y - x), lo, hi)) for x, y in zip(a, b, strict=True)]
+        return tuple(ends if name == "cell_gap_um" else sorted(ends))
+    if isinstance(a, np.ndarray):
+        v = a + t * (b - a)
+        if name in ("stain_h", "stain_e"):  # a direction: unit length, non-negative
+            return np.abs(_unit(v))
+        return np.clip(v, lo, hi)
+    v = float(np.clip(a + t * (b - a), lo, hi))
+    return int(round(v)) if isinstance(a, int) else v
+
+
+def _blend(rng: np.random.Generator, exclude: tuple[str, ...] = (), spread: float = BLEND_SPREAD) -> StainStyle:
+    """A fresh look between the named ones: each parameter blended from two looks drawn at random (none of
+    ``exclude``), at its own position ``t`` in ``[-spread, 1 + spread]`` (:data:`BLEND_SPREAD`)."""
+    looks = [draw(rng) for name, draw in _NAMED.items() if name not in exclude]
+
+    def pick(name: str, of: Callable[[StainStyle], object]) -> object:
+        a, b = (of(looks[i]) for i in rng.integers(len(looks), size=2))
+        return _blend_value(name, a, b, float(rng.uniform(-spread, 1.0 + spread)), rng)
+
+    morph = {f.name: pick(f.name, lambda look, n=f.name: getattr(look.morphology, n)) for f in fields(Morphology)}
+    scanner = [f.name for f in fields(StainStyle) if f.name != "morphology"]
+    stain = {name: pick(name, lambda look, n=name: getattr(look, n)) for name in scanner}
+    return StainStyle(**stain, morphology=Morphology(**morph))
+
+
+LOOKS = tuple(_NAMED)
+"""The named looks (``synth --style``), each a distinct stain, scanner and morphology."""
+
+STYLES = (*LOOKS, "random", "blend")
 """Names of the looks :func:`draw_look`, :func:`generate_field` and :func:`generate_dataset` accept."""
 
 
@@ -573,8 +660,8 @@ def _check_exclude(style: str, exclude: tuple[str, ...] | list[str]) -> tuple[st
     unknown = [e for e in exclude if e not in _NAMED]
     if unknown:
         raise ValueError(f"exclude: unknown style {unknown[0]!r}, expected some of {', '.join(_NAMED)}")
-    if style != "random":
-        raise ValueError(f"exclude applies to style 'random' only, got style {style!r}")
+    if style not in ("random", "blend"):
+        raise ValueError(f"exclude applies to the styles 'random' and 'blend' only, got style {style!r}")
     if len(exclude) == len(_NAMED):
         raise ValueError("exclude: every named style excluded, nothing left to draw from")
     return exclude
@@ -599,6 +686,8 @@ def draw_look(style: str, rng: np.random.Generator, exclude: tuple[str, ...] | l
     exclude = _check_exclude(style, exclude)
     if style == "random":
         return _family(rng, exclude)
+    if style == "blend":
+        return _blend(rng, exclude)
     if style not in _NAMED:
         raise ValueError(f"unknown style {style!r}, expected one of {', '.join(STYLES)}")
     return _NAMED[style](rng)
