@@ -78,11 +78,15 @@ def data(out: str, train: int = 8, val: int = 2, test: int = 16, size: int = 102
         print(f"{style}: {train + val + test} fields of {size}x{size}")
 
 
-def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int = 4, size: int = 1024) -> Path:
+def family(
+    out: str, random_train: int = 60, random_val: int = 8, look_val: int = 4, size: int = 1024,
+    family_style: str = "random",
+) -> Path:  # fmt: skip
     """The whole family in one datalist, ``OUT/family/datalist.json``: what the shipped weights train on.
 
     Training: every look's training and validation fields (from :func:`data`) plus ``random_train``
-    fields of the ``random`` style (each slide a fresh draw from the whole family). Validation (where
+    fields of the ``random`` style (each slide a fresh draw from the whole family; with
+    ``--family-style blend`` of the ``blend`` style instead, in ``OUT/family_blend/datalist.json``). Validation (where
     the operating threshold and every setting are chosen): ``look_val`` new fields of every look and
     ``random_val`` other ``random`` fields, so the threshold is chosen on several looks at once and on
     looks no named style pins down. The looks' test fields stay out.
@@ -90,23 +94,24 @@ def family(out: str, random_train: int = 60, random_val: int = 8, look_val: int 
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root = Path(out)
-    sets = {"random_train": (random_train, 400, "random"), "random": (random_val, 300, "random")}
+    train_set = "random_train" if family_style == "random" else f"{family_style}_train"
+    sets = {train_set: (random_train, 400, family_style), "random": (random_val, 300, "random")}
     sets.update({f"{style}_val": (look_val, 700 + i, style) for i, style in enumerate(_styles())})
     for name, (n, seed, style) in sets.items():
         if not (root / "data" / name / "datalist.json").is_file():
             records = _render(root / "data" / name, n, size, seed, style)
-            section = "training" if name == "random_train" else "validation"
+            section = "training" if name == train_set else "validation"
             write_datalist({section: records}, root / "data" / name / "datalist.json")
     training = []
     for style in _styles():
         dl = root / "data" / style / "datalist.json"
         training += _with_domain(load_datalist(dl, "training") + load_datalist(dl, "validation"), style)
-    training += _with_domain(load_datalist(root / "data" / "random_train" / "datalist.json", "training"), "random")
+    training += _with_domain(load_datalist(root / "data" / train_set / "datalist.json", "training"), family_style)
     validation = []
     for name in [f"{style}_val" for style in _styles()] + ["random"]:
         look = name.removesuffix("_val")
         validation += _with_domain(load_datalist(root / "data" / name / "datalist.json", "validation"), look)
-    path = root / "family" / "datalist.json"
+    path = root / ("family" if family_style == "random" else f"family_{family_style}") / "datalist.json"
     write_datalist({"training": training, "validation": validation}, path)
     n_mitoses = sum(len(r["mitoses"]) for r in training)
     print(f"{path}: {len(training)} training fields ({n_mitoses} mitoses), {len(validation)} validation fields")

@@ -66,10 +66,21 @@ def test_family_trains_on_every_look_and_validates_on_new_fields_named_by_look(l
     assert [(r["group"], r["domain"]) for r in validation] == [(f"{look}_val_0", look) for look in LOOKS] + [
         ("random_0", "random")
     ]
+    # --family-style blend: blend training draws instead of random ones, the same validation, its own datalist
+    folder = tmp_path / "data" / "blend_train"
+    write_datalist({"training": _records(folder, ["blend_train_0"])}, folder / "datalist.json")
+    path = loso.family(str(tmp_path), family_style="blend")
+    assert path == tmp_path / "family_blend" / "datalist.json"
+    blend_training = load_datalist(path, "training")
+    assert ("blend_train_0", "blend") in {(r["group"], r["domain"]) for r in blend_training}
+    assert not any(r["group"] == "random_train_0" for r in blend_training)
+    assert [r["group"] for r in load_datalist(path, "validation")] == [r["group"] for r in validation]
 
 
-def test_fold_with_family_fields_renders_the_family_without_the_held_out_look(loso, tmp_path, monkeypatch):
-    """``train --family-fields N``: N fields drawn with ``exclude=(holdout,)`` join the fold's training."""
+@pytest.mark.parametrize("style", ["random", "blend"])
+def test_fold_with_family_fields_renders_the_family_without_the_held_out_look(loso, tmp_path, monkeypatch, style):
+    """``train --family-fields N [--family-style S]``: N fields of style S drawn with ``exclude=(holdout,)``
+    join the fold's training, in their own folder per style."""
     import mssn_monai.data.synthetic as synthetic
 
     _looks(tmp_path)
@@ -81,15 +92,16 @@ def test_fold_with_family_fields_renders_the_family_without_the_held_out_look(lo
         return real(out, **{**kwargs, "size": (48, 48)})
 
     monkeypatch.setattr(synthetic, "generate_dataset", spy)
-    fold = loso._fold_datalist(tmp_path, "dark", family_fields=3)
+    fold = loso._fold_datalist(tmp_path, "dark", family_fields=3, family_style=style)
     training = load_datalist(fold / "datalist.json", "training")
     assert calls == [
         {"n_images": 3, "size": (1024, 1024), "seed": 900 + LOOKS.index("dark"), "frames_per_slide": 1,
-         "style": "random", "exclude": ("dark",)}
+         "style": style, "exclude": ("dark",)}
     ]  # fmt: skip
-    assert len(training) == 10 + 3 and [r["domain"] for r in training].count("random") == 3
+    assert (tmp_path / "data" / f"{style}_without_dark" / "datalist.json").is_file()
+    assert len(training) == 10 + 3 and [r["domain"] for r in training].count(style) == 3
     assert not any("dark" in r.get("group", "") for r in training)
-    loso._fold_datalist(tmp_path, "dark", family_fields=3)  # rendered once, then read
+    loso._fold_datalist(tmp_path, "dark", family_fields=3, family_style=style)  # rendered once, then read
     assert len(calls) == 1
     with pytest.raises(ValueError, match="holds 3 fields, not 4"):
-        loso._fold_datalist(tmp_path, "dark", family_fields=4)
+        loso._fold_datalist(tmp_path, "dark", family_fields=4, family_style=style)
