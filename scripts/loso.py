@@ -160,6 +160,20 @@ def _fold_datalist(out: Path, holdout: str, family_fields: int = 0, family_style
     return fold
 
 
+def _family_fields_of(datalist: Path) -> tuple[int, str]:
+    """``(N, style)`` of the family fields a fold's datalist trains on (``(0, "random")`` when none, or no
+    datalist yet), so that writing the fold's datalist again keeps them."""
+    from mssn_monai.data.datalist import load_datalist
+
+    if not datalist.is_file():
+        return 0, "random"
+    domains = [r.get("domain") for r in load_datalist(datalist, "training")]
+    for style in ("random", "blend"):
+        if style in domains:
+            return domains.count(style), style
+    return 0, "random"
+
+
 def train(
     out: str, holdout: str, epochs: int = 6, fpr_epochs: int = 60, workers: int = 1, extra: str = "",
     family_fields: int = 0, family_style: str = "random",
@@ -214,7 +228,7 @@ def refit(out: str, holdouts: str | tuple[str, ...] | None = None) -> list[dict]
             continue
         if not (root / "folds" / style / "bundle_pooled").is_dir():
             shutil.copytree(bundle, root / "folds" / style / "bundle_pooled")
-        fold = _fold_datalist(root, style)
+        fold = _fold_datalist(root, style, *_family_fields_of(root / "folds" / style / "datalist.json"))
         results = refit_operating_point(bundle, load_datalist(fold / "datalist.json", "validation"))
         threshold, f1 = results["fields_operating_threshold"], results["fields_f1"]
         print(f"fold {style}: operating threshold {threshold:.3f}, validation F1 {f1:.3f}", flush=True)

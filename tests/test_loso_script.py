@@ -105,3 +105,19 @@ def test_fold_with_family_fields_renders_the_family_without_the_held_out_look(lo
     assert len(calls) == 1
     with pytest.raises(ValueError, match="holds 3 fields, not 4"):
         loso._fold_datalist(tmp_path, "dark", family_fields=4, family_style=style)
+
+
+def test_family_fields_of_a_fold_are_kept_when_its_datalist_is_written_again(loso, tmp_path, monkeypatch):
+    """``refit`` writes a fold's datalist again: the family fields it trained on stay in it."""
+    import mssn_monai.data.synthetic as synthetic
+
+    _looks(tmp_path)
+    real = synthetic.generate_dataset
+    monkeypatch.setattr(synthetic, "generate_dataset", lambda out, **kw: real(out, **{**kw, "size": (48, 48)}))
+    fold = loso._fold_datalist(tmp_path, "faded", family_fields=2, family_style="blend")
+    assert loso._family_fields_of(fold / "datalist.json") == (2, "blend")
+    assert loso._family_fields_of(tmp_path / "nothing.json") == (0, "random")
+    again = loso._fold_datalist(tmp_path, "faded", *loso._family_fields_of(fold / "datalist.json"))
+    assert [r["domain"] for r in load_datalist(again / "datalist.json", "training")].count("blend") == 2
+    plain = loso._fold_datalist(tmp_path, "pale")
+    assert loso._family_fields_of(plain / "datalist.json") == (0, "random")
