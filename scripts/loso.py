@@ -94,7 +94,7 @@ def family(
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root = Path(out)
-    train_set = "random_train" if family_style == "random" else f"{family_style}_train"
+    train_set = "random_train" if _check_family_style(family_style) == "random" else f"{family_style}_train"
     sets = {train_set: (random_train, 400, family_style), "random": (random_val, 300, "random")}
     sets.update({f"{style}_val": (look_val, 700 + i, style) for i, style in enumerate(_styles())})
     for name, (n, seed, style) in sets.items():
@@ -118,6 +118,16 @@ def family(
     return path
 
 
+FAMILY_STYLES = ("random", "blend")
+"""The styles family fields are drawn with (``--family-style``)."""
+
+
+def _check_family_style(style: str) -> str:
+    if style not in FAMILY_STYLES:
+        raise ValueError(f"--family-style must be one of {', '.join(FAMILY_STYLES)}, got {style!r}")
+    return style
+
+
 def _with_domain(records: list[dict], look: str) -> list[dict]:
     """The records, each naming its look as its ``domain``: on validation records the operating threshold
     then weighs every look the same (:func:`mssn_monai.handlers.best_operating_threshold`); on training
@@ -131,7 +141,7 @@ def family_without(out: str | Path, holdout: str, n: int, size: int = 1024, styl
     domain randomisation for the fold of ``holdout``."""
     from mssn_monai.data.datalist import write_datalist
 
-    root = Path(out) / "data" / f"{style}_without_{holdout}"
+    root = Path(out) / "data" / f"{_check_family_style(style)}_without_{holdout}"
     if not (root / "datalist.json").is_file():
         records = _render(root, n, size, 900 + _styles().index(holdout), style, exclude=(holdout,))
         write_datalist({"training": records}, root / "datalist.json")
@@ -409,14 +419,16 @@ def _print(rows: list[dict]) -> None:
 
 def all(  # noqa: A001 - the fire command name
     out: str, train_fields: int = 8, val: int = 2, test: int = 16, size: int = 1024, epochs: int = 6,
-    fpr_epochs: int = 60, parallel: int = 2, extra: str = "", family_fields: int = 0,
+    fpr_epochs: int = 60, parallel: int = 2, extra: str = "", family_fields: int = 0, family_style: str = "random",
 ) -> None:  # fmt: skip
-    """Render the data, train every fold (``parallel`` at a time; ``--family-fields N``: see :func:`train`),
-    print the table."""
+    """Render the data, train every fold (``parallel`` at a time; ``--family-fields N [--family-style S]``: see
+    :func:`train`), print the table."""
     data(out, train_fields, val, test, size)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     with ThreadPoolExecutor(parallel) as pool:
-        jobs = {s: pool.submit(train, out, s, epochs, fpr_epochs, 1, extra, family_fields) for s in _styles()}
+        jobs = {
+            s: pool.submit(train, out, s, epochs, fpr_epochs, 1, extra, family_fields, family_style) for s in _styles()
+        }
         for s, job in jobs.items():
             try:
                 print(f"fold {s}: trained in {job.result():.0f} s", flush=True)

@@ -121,3 +121,11 @@ def test_family_fields_of_a_fold_are_kept_when_its_datalist_is_written_again(los
     assert [r["domain"] for r in load_datalist(again / "datalist.json", "training")].count("blend") == 2
     plain = loso._fold_datalist(tmp_path, "pale")
     assert loso._family_fields_of(plain / "datalist.json") == (0, "random")
+
+
+def test_family_style_must_be_random_or_blend(loso, tmp_path):
+    with pytest.raises(ValueError, match="--family-style must be one of random, blend, got 'pale'"):
+        loso.family_without(tmp_path, "dark", 2, style="pale")
+    with pytest.raises(ValueError, match="--family-style"):
+        loso.family(str(tmp_path), family_style="pale")
+    assert not (tmp_path / "data").exists()  # nothing rendered
