@@ -94,7 +94,7 @@ def family(
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root = Path(out)
-    train_set = "random_train" if _check_family_style(family_style) == "random" else f"{family_style}_train"
+    train_set = f"{_check_family_style(family_style)}_train"
     sets = {train_set: (random_train, 400, family_style), "random": (random_val, 300, "random")}
     sets.update({f"{style}_val": (look_val, 700 + i, style) for i, style in enumerate(_styles())})
     for name, (n, seed, style) in sets.items():

@@ -572,8 +572,8 @@ BLEND_SPREAD = 0.25
 """How far the ``blend`` style reaches past its two looks: each parameter is ``a + t (b - a)`` with
 ``t`` uniform in ``[-BLEND_SPREAD, 1 + BLEND_SPREAD]`` (0: only values between the two looks')."""
 
-# Bounds a blended parameter is clipped to (a value outside would not render, or not mean what it
-# says); parameters not named here only need to stay >= 0.
+# Bounds ``(lo, hi)`` a blended parameter is clipped to (a value outside would not render, or not mean
+# what it says); parameters not named here only need to stay >= 0.
 _BLEND_BOUNDS: dict[str, tuple[float, float]] = {
     "white": (150.0, 255.0),
     "gamma": (0.5, 2.0),
@@ -588,24 +588,28 @@ _BLEND_BOUNDS: dict[str, tuple[float, float]] = {
     "mitosis_halo_p": (0.0, 1.0),
     "mitosis_clear_p": (0.0, 1.0),
     "mimic_halo_p": (0.0, 1.0),
-}
-_BLEND_POSITIVE: dict[str, float] = {  # parameters that must stay above zero: their floor
-    "amount_h": 0.2,
-    "amount_e": 0.2,
-    "tissue_cells": 0.5,
-    "density_cells": 0.5,
-    "fibre_um": 0.1,
-    "cell_area_um2": 20.0,
-    "cytoplasm_um": 2.0,
-    "nucleus_um": 1.5,
-    "grain_um": 0.1,
-    "stromal_um": 1.5,
-    "mitosis_scale": 0.3,
-    "arm_count": 0.3,
-    "arm_length": 0.3,
-    "arm_width": 0.3,
-    "anaphase_sep_um": 1.0,
-    "nucleoli_max": 1.0,
+    # amounts and sizes that must stay above zero: their floor
+    **{
+        name: (floor, np.inf)
+        for name, floor in {
+            "amount_h": 0.2,
+            "amount_e": 0.2,
+            "tissue_cells": 0.5,
+            "density_cells": 0.5,
+            "fibre_um": 0.1,
+            "cell_area_um2": 20.0,
+            "cytoplasm_um": 2.0,
+            "nucleus_um": 1.5,
+            "grain_um": 0.1,
+            "stromal_um": 1.5,
+            "mitosis_scale": 0.3,
+            "arm_count": 0.3,
+            "arm_length": 0.3,
+            "arm_width": 0.3,
+            "anaphase_sep_um": 1.0,
+            "nucleoli_max": 1.0,
+        }.items()
+    },
 }
 
 
@@ -614,7 +618,7 @@ def _blend_value(name: str, a: object, b: object, t: float, rng: np.random.Gener
     cannot be blended (``None`` in one look, a flag) is taken from one of them at random."""
     if a is None or b is None or isinstance(a, bool) or type(a) is not type(b):
         return a if rng.random() < 0.5 else b
-    lo, hi = _BLEND_BOUNDS.get(name, (_BLEND_POSITIVE.get(name, 0.0), np.inf))
+    lo, hi = _BLEND_BOUNDS.get(name, (0.0, np.inf))
     if isinstance(a, dict):  # relative frequencies: a kind one look lacks counts as 0 there
         keys = list(dict.fromkeys([*a, *b]))
         out = {k: max(0.0, a.get(k, 0.0) + t * (b.get(k, 0.0) - a.get(k, 0.0))) for k in keys}
