@@ -12,7 +12,7 @@ Usage::
     python scripts/loso.py data --out runs/loso     # 8 training, 2 validation, 16 test fields of 1024x1024 per look
     python scripts/loso.py train --out runs/loso --holdout pale [--epochs 6 --fpr-epochs 60] \\
         [--extra "samples_per_epoch=1024 normalize_stain=false"]   # more train.json overrides
-        [--family-fields 40 [--family-style blend]]   # + 40 fields of the family without the held-out look
+        [--family-fields 40 [--family-style blend|mix]]   # + 40 fields of the family without the held-out look
     python scripts/loso.py table --out runs/loso
     python scripts/loso.py refit --out runs/loso      # folds trained before 0.10: threshold refit per look
     python scripts/loso.py family --out runs/loso     # every look + random draws: the shipped weights' data
@@ -86,7 +86,8 @@ def family(
 
     Training: every look's training and validation fields (from :func:`data`) plus ``random_train``
     fields of the ``random`` style (each slide a fresh draw from the whole family; with
-    ``--family-style blend`` of the ``blend`` style instead, in ``OUT/family_blend/datalist.json``). Validation (where
+    ``--family-style blend`` of the ``blend`` style instead, in ``OUT/family_blend/datalist.json``; ``mix``: the first
+    half of the ``random`` draws and the first half of the ``blend`` draws, ``OUT/family_mix/``). Validation (where
     the operating threshold and every setting are chosen): ``look_val`` new fields of every look and
     ``random_val`` other ``random`` fields, so the threshold is chosen on several looks at once and on
     looks no named style pins down. The looks' test fields stay out.
@@ -94,19 +95,23 @@ def family(
     from mssn_monai.data.datalist import load_datalist, write_datalist
 
     root = Path(out)
-    train_set = f"{_check_family_style(family_style)}_train"
-    sets = {train_set: (random_train, 400, family_style), "random": (random_val, 300, "random")}
+    shares = _family_shares(family_style, random_train)
+    sets = {f"{drawn}_train": (random_train, 400, drawn) for drawn, _ in shares}
+    sets.update({"random": (random_val, 300, "random")})
     sets.update({f"{style}_val": (look_val, 700 + i, style) for i, style in enumerate(_styles())})
     for name, (n, seed, style) in sets.items():
         if not (root / "data" / name / "datalist.json").is_file():
             records = _render(root / "data" / name, n, size, seed, style)
-            section = "training" if name == train_set else "validation"
+            section = "training" if name.endswith("_train") else "validation"
             write_datalist({section: records}, root / "data" / name / "datalist.json")
     training = []
     for style in _styles():
         dl = root / "data" / style / "datalist.json"
         training += _with_domain(load_datalist(dl, "training") + load_datalist(dl, "validation"), style)
-    training += _with_domain(load_datalist(root / "data" / train_set / "datalist.json", "training"), family_style)
+    for drawn, take in shares:
+        training += _with_domain(
+            load_datalist(root / "data" / f"{drawn}_train" / "datalist.json", "training")[:take], drawn
+        )
     validation = []
     for name in [f"{style}_val" for style in _styles()] + ["random"]:
         look = name.removesuffix("_val")
@@ -118,14 +123,26 @@ def family(
     return path
 
 
-FAMILY_STYLES = ("random", "blend")
-"""The styles family fields are drawn with (``--family-style``)."""
+DRAWN_STYLES = ("random", "blend")
+"""The styles family fields are rendered in (``synth --style``)."""
+
+FAMILY_STYLES = DRAWN_STYLES + ("mix",)
+"""The family recipes of ``--family-style``: one drawn style, or ``mix``, half ``random`` and half ``blend``."""
 
 
-def _check_family_style(style: str) -> str:
-    if style not in FAMILY_STYLES:
-        raise ValueError(f"--family-style must be one of {', '.join(FAMILY_STYLES)}, got {style!r}")
+def _check_family_style(style: str, allowed: tuple[str, ...] = FAMILY_STYLES) -> str:
+    if style not in allowed:
+        raise ValueError(f"--family-style must be one of {', '.join(allowed)}, got {style!r}")
     return style
+
+
+def _family_shares(style: str, n: int) -> list[tuple[str, int]]:
+    """``[(drawn style, how many of its fields), ...]`` for ``n`` family fields of ``--family-style style``:
+    ``mix`` takes the first ``n - n // 2`` of ``n`` ``random`` draws and the first ``n // 2`` of ``n`` ``blend``
+    draws (each set rendered whole, so the fields are those of the single-style recipes)."""
+    if _check_family_style(style) == "mix":
+        return [("random", n - n // 2), ("blend", n // 2)]
+    return [(style, n)]
 
 
 def _with_domain(records: list[dict], look: str) -> list[dict]:
@@ -141,7 +158,7 @@ def family_without(out: str | Path, holdout: str, n: int, size: int = 1024, styl
     domain randomisation for the fold of ``holdout``."""
     from mssn_monai.data.datalist import write_datalist
 
-    root = Path(out) / "data" / f"{_check_family_style(style)}_without_{holdout}"
+    root = Path(out) / "data" / f"{_check_family_style(style, DRAWN_STYLES)}_without_{holdout}"
     if not (root / "datalist.json").is_file():
         records = _render(root, n, size, 900 + _styles().index(holdout), style, exclude=(holdout,))
         write_datalist({"training": records}, root / "datalist.json")
@@ -153,12 +170,13 @@ def _fold_datalist(out: Path, holdout: str, family_fields: int = 0, family_style
 
     fold = out / "folds" / holdout
     sections: dict[str, list] = {"training": [], "validation": [], "testing": []}
-    if family_fields:
-        mixed = load_datalist(family_without(out, holdout, family_fields, style=family_style), "training")
-        if len(mixed) != family_fields:
-            where = f"{out}/data/{family_style}_without_{holdout}"
-            raise ValueError(f"{where} holds {len(mixed)} fields, not {family_fields}")
-        sections["training"] += _with_domain(mixed, family_style)
+    for drawn, take in _family_shares(family_style, family_fields) if family_fields else []:
+        drawn_fields = load_datalist(family_without(out, holdout, family_fields, style=drawn), "training")
+        if len(drawn_fields) != family_fields:
+            raise ValueError(
+                f"{out}/data/{drawn}_without_{holdout} holds {len(drawn_fields)} fields, not {family_fields}"
+            )
+        sections["training"] += _with_domain(drawn_fields[:take], drawn)
     for style in _styles():
         dl = out / "data" / style / "datalist.json"
         if style == holdout:
@@ -178,10 +196,13 @@ def _family_fields_of(datalist: Path) -> tuple[int, str]:
     if not datalist.is_file():
         return 0, "random"
     domains = [r.get("domain") for r in load_datalist(datalist, "training")]
-    for style in ("random", "blend"):
-        if style in domains:
-            return domains.count(style), style
-    return 0, "random"
+    counts = {drawn: domains.count(drawn) for drawn in DRAWN_STYLES if drawn in domains}
+    if not counts:
+        return 0, "random"
+    if len(counts) > 1:
+        return sum(counts.values()), "mix"
+    ((style, n),) = counts.items()
+    return n, style
 
 
 def train(
@@ -192,7 +213,7 @@ def train(
 
     With ``family_fields`` N > 0 the fold also trains on N fields drawn from the family without the
     held-out look (:func:`family_without`): every combination of the other looks' parameters
-    (``family_style="random"``), or values between them (``"blend"``).
+    (``family_style="random"``), values between them (``"blend"``), or half of each (``"mix"``).
     """
     fold = _fold_datalist(Path(out).resolve(), holdout, family_fields, family_style)
     bundle = fold / "bundle"

@@ -75,6 +75,11 @@ def test_family_trains_on_every_look_and_validates_on_new_fields_named_by_look(l
     assert ("blend_train_0", "blend") in {(r["group"], r["domain"]) for r in blend_training}
     assert not any(r["group"] == "random_train_0" for r in blend_training)
     assert [r["group"] for r in load_datalist(path, "validation")] == [r["group"] for r in validation]
+    # --family-style mix: the first half of each drawn set (here one field each), each naming its own style
+    path = loso.family(str(tmp_path), random_train=2, family_style="mix")
+    assert path == tmp_path / "family_mix" / "datalist.json"
+    mix_training = {(r["group"], r["domain"]) for r in load_datalist(path, "training")}
+    assert {("random_train_0", "random"), ("blend_train_0", "blend")} <= mix_training
 
 
 @pytest.mark.parametrize("style", ["random", "blend"])
@@ -121,11 +126,43 @@ def test_family_fields_of_a_fold_are_kept_when_its_datalist_is_written_again(los
     assert [r["domain"] for r in load_datalist(again / "datalist.json", "training")].count("blend") == 2
     plain = loso._fold_datalist(tmp_path, "pale")
     assert loso._family_fields_of(plain / "datalist.json") == (0, "random")
+    mix = loso._fold_datalist(tmp_path, "dark", family_fields=3, family_style="mix")
+    assert loso._family_fields_of(mix / "datalist.json") == (3, "mix")
 
 
-def test_family_style_must_be_random_or_blend(loso, tmp_path):
-    with pytest.raises(ValueError, match="--family-style must be one of random, blend, got 'pale'"):
-        loso.family_without(tmp_path, "dark", 2, style="pale")
+def test_mix_family_takes_the_first_half_of_each_drawn_style(loso, tmp_path, monkeypatch):
+    """``--family-style mix``: the first ``N - N // 2`` of the N ``random`` draws and the first ``N // 2`` of the N
+    ``blend`` draws, each tagged with its own style; the single-style sets are rendered once and shared."""
+    import mssn_monai.data.synthetic as synthetic
+
+    _looks(tmp_path)
+    calls = []
+    real = synthetic.generate_dataset
+
+    def spy(out, **kwargs):
+        calls.append(kwargs["style"])
+        return real(out, **{**kwargs, "size": (48, 48)})
+
+    monkeypatch.setattr(synthetic, "generate_dataset", spy)
+    assert loso._family_shares("mix", 5) == [("random", 3), ("blend", 2)]
+    assert loso._family_shares("blend", 5) == [("blend", 5)]
+    fold = loso._fold_datalist(tmp_path, "dark", family_fields=5, family_style="mix")
+    training = load_datalist(fold / "datalist.json", "training")
+    drawn = {s: load_datalist(tmp_path / "data" / f"{s}_without_dark" / "datalist.json", "training") for s in calls}
+    expected = [(r["image"], "random") for r in drawn["random"][:3]] + [
+        (r["image"], "blend") for r in drawn["blend"][:2]
+    ]
+    assert [(r["image"], r["domain"]) for r in training if r["domain"] in drawn] == expected
+    assert calls == ["random", "blend"]
+    loso._fold_datalist(tmp_path, "dark", family_fields=5, family_style="random")  # the same set, not rendered again
+    assert calls == ["random", "blend"]
+
+
+def test_family_style_must_be_random_blend_or_mix(loso, tmp_path):
+    with pytest.raises(ValueError, match="--family-style must be one of random, blend, mix, got 'pale'"):
+        loso._fold_datalist(tmp_path, "dark", family_fields=2, family_style="pale")
+    with pytest.raises(ValueError, match="--family-style must be one of random, blend, got 'mix'"):
+        loso.family_without(tmp_path, "dark", 2, style="mix")  # mix is drawn as its two styles
     with pytest.raises(ValueError, match="--family-style"):
         loso.family(str(tmp_path), family_style="pale")
     assert not (tmp_path / "data").exists()  # nothing rendered
