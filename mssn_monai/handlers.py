@@ -38,6 +38,7 @@ __all__ = [
     "voted_candidates",
     "SaveWeights",
     "TrainingCheckpoint",
+    "WeightAveraging",
     "gap_midpoint",
     "fit_vote_calibration",
     "best_operating_threshold",
@@ -638,7 +639,9 @@ class TrainingCheckpoint:
     Args:
         save_dir: folder of the checkpoints ``<file_prefix>_checkpoint_epoch=<n>.pt``.
         file_prefix: e.g. ``fnr_train``.
-        save_dict: what to save besides the trainer (network, optimizer, scheduler, datasets' hard negatives).
+        save_dict: what to save besides the trainer (network, optimizer, scheduler, datasets' hard negatives);
+            an entry whose value is ``None`` is left out (an option that is off adds nothing, so checkpoints
+            of runs made before it existed still resume).
         resume: resume from the newest checkpoint in ``save_dir`` when there is one.
         map_location: where loaded tensors go (the training device).
         fingerprint: JSON-able description of what the run trains on; ``None`` skips the check.
@@ -660,7 +663,7 @@ class TrainingCheckpoint:
             raise ValueError("save_dict must not hold 'trainer': TrainingCheckpoint adds the engine it is attached to")
         self.save_dir = Path(save_dir)
         self.file_prefix = str(file_prefix)
-        self.save_dict = dict(save_dict)
+        self.save_dict = {k: v for k, v in save_dict.items() if v is not None}
         self.resume = bool(resume)
         self.map_location = map_location
         self.fingerprint = None if fingerprint is None else _digest(fingerprint)
@@ -706,6 +709,115 @@ class TrainingCheckpoint:
             n_saved=1,
             epoch_level=True,
         ).attach(engine)
+
+
+class WeightAveraging:
+    """Stochastic weight averaging (Izmailov et al. 2018): the network ends training with the mean of its
+    weights at the end of every epoch from ``start_epoch`` on, not the last epoch's alone.
+
+    The last epoch's weights are one noisy point of the trajectory; their mean over the second half of
+    a cosine schedule lies in a flatter region of the loss, which carries better to unseen domains
+    (SWAD, Cha et al. 2021). Only the parameters are averaged; BatchNorm statistics are recomputed
+    afterwards on ``bn_batches`` batches of the trainer's own loader (what ``torch.optim.swa_utils.update_bn``
+    does), and the network's other buffers (a reference bank, a calibration) are left to the handlers
+    that fit them at ``COMPLETED`` (list this handler before them).
+
+    The weights after epoch ``e`` are added when epoch ``e + 1`` starts (and the last epoch's at
+    ``COMPLETED``), so a checkpoint saved at the end of epoch ``e`` holds the mean up to ``e - 1`` and
+    the weights of ``e``: a resumed run adds ``e`` when it starts ``e + 1`` and ends with the same mean.
+    Put the handler in the checkpoint's ``save_dict`` (``state_dict`` / ``load_state_dict``).
+
+    Args:
+        network: the trained module; its parameters are replaced by their mean at ``COMPLETED``.
+        start_epoch: first epoch (1-based) whose end-of-epoch weights enter the mean; ``0`` turns
+            averaging off (the handler then does nothing).
+        bn_batches: training batches run (no gradient) to recompute BatchNorm statistics; ``0`` keeps
+            the last epoch's statistics.
+
+    Raises:
+        ValueError: a negative ``start_epoch`` or ``bn_batches``.
+    """
+
+    def __init__(self, network: torch.nn.Module, start_epoch: int = 0, bn_batches: int = 32) -> None:
+        if int(start_epoch) < 0 or int(bn_batches) < 0:
+            raise ValueError(f"start_epoch and bn_batches must be >= 0, got {start_epoch!r}, {bn_batches!r}")
+        self.network = network
+        self.start_epoch = int(start_epoch)
+        self.bn_batches = int(bn_batches)
+        self.averaged: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.last_epoch = 0
+
+    def attach(self, engine: Engine) -> None:
+        if self.start_epoch == 0:
+            return
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        engine.add_event_handler(Events.COMPLETED, self._completed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"averaged": dict(self.averaged), "count": self.count, "last_epoch": self.last_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.averaged = {k: v.clone() for k, v in state["averaged"].items()}
+        self.count, self.last_epoch = int(state["count"]), int(state["last_epoch"])
+
+    def add(self, epoch: int) -> None:
+        """Add the current weights, those at the end of ``epoch``, to the mean (once per epoch)."""
+        if epoch < self.start_epoch or epoch <= self.last_epoch:
+            return
+        with torch.no_grad():
+            for name, param in self.network.named_parameters():
+                value = param.detach().to(torch.float32)
+                if name not in self.averaged:
+                    self.averaged[name] = value.clone()
+                else:
+                    self.averaged[name].add_(value - self.averaged[name], alpha=1.0 / (self.count + 1))
+        self.count += 1
+        self.last_epoch = epoch
+
+    def _epoch_started(self, engine: Engine) -> None:
+        self.add(engine.state.epoch - 1)
+
+    def _completed(self, engine: Engine) -> None:
+        self.add(engine.state.epoch)
+        if self.count == 0:
+            logger.warning("weight averaging from epoch %d: no epoch reached it, last weights kept", self.start_epoch)
+            return
+        self.apply()
+        if self.bn_batches:
+            self.update_batch_norm(engine.state.dataloader)
+        logger.info("weights averaged over %d epochs (%d-%d)", self.count, self.start_epoch, self.last_epoch)
+
+    def apply(self) -> None:
+        """Copy the mean into the network's parameters."""
+        with torch.no_grad():
+            for name, param in self.network.named_parameters():
+                param.copy_(self.averaged[name].to(param.dtype))
+
+    def update_batch_norm(self, loader: Any) -> None:
+        """Recompute every BatchNorm's running statistics as a plain mean over ``bn_batches`` batches of
+        ``loader`` (batches with ``PatchKeys.IMAGE``, or tensors)."""
+        norms = [m for m in self.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        device = next(self.network.parameters()).device
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative mean over the batches
+        was_training = self.network.training
+        self.network.train()
+        try:
+            with torch.no_grad():
+                for i, batch in enumerate(loader):
+                    if i >= self.bn_batches:
+                        break
+                    image = batch[PatchKeys.IMAGE] if isinstance(batch, dict) else batch
+                    self.network(torch.as_tensor(image).to(device))
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            self.network.train(was_training)
 
 
 def _digest(value: Any) -> str:

@@ -132,3 +132,25 @@ def test_train_json_standardize_input_flag(value, expected):
         parser.update({"fpr_standardize_input": value})
     assert parser.get_parsed_content("fpr_network").input_standardization.item() is expected
     assert parser.get_parsed_content("fpr_train#fingerprint#knobs")[-1] is expected
+
+
+@pytest.mark.parametrize("value, start", [(None, 0), ("31", 31), (5, 5)])
+def test_train_json_weight_averaging_reaches_handler_checkpoint_and_fingerprint(value, start):
+    """``--fpr_average_from N`` averages stage 2's weights from epoch N, keeps the average in the resumable
+    checkpoint and keys the fingerprint; off by default, adding nothing to either."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(ROOT / "bundle" / "configs" / "train.json")
+    parser.update({"bundle_root": "unused", "dataset_dir": "unused", "device": "$torch.device('cpu')"})
+    if value is not None:
+        parser.update({"fpr_average_from": value})
+    handlers = parser.get("fpr_train#handlers")
+    assert "@fpr_train#weight_average" in handlers
+    assert parser.get_parsed_content("fpr_train#weight_average").start_epoch == start
+    in_checkpoint = parser.get_parsed_content("fpr_train#training_state#weight_average")
+    knobs = parser.get_parsed_content("fpr_train#fingerprint#knobs")
+    if start:
+        assert in_checkpoint is not None and knobs[-1] == start
+    else:
+        assert in_checkpoint is None and knobs[-1] is True  # the standardisation flag stays last
