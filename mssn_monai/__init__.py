@@ -4,7 +4,7 @@ Coordinates everywhere are ``(x, y)`` = (column, row) in level-0 pixels; distanc
 clinically are in micrometres and converted once with each image's ``spacing`` (um/px).
 """
 
-__version__ = "0.17.0"
+__version__ = "0.18.0"
 
 from mssn_monai.constants import DEFAULT_SPACING_UM
 
