@@ -795,29 +795,15 @@ class WeightAveraging:
                 param.copy_(self.averaged[name].to(param.dtype))
 
     def update_batch_norm(self, loader: Any) -> None:
-        """Recompute every BatchNorm's running statistics as a plain mean over ``bn_batches`` batches of
-        ``loader`` (batches with ``PatchKeys.IMAGE``, or tensors)."""
-        norms = [m for m in self.network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            return
+        """Recompute every BatchNorm's running statistics as a plain mean over the first ``bn_batches``
+        batches of ``loader`` (dicts with ``PatchKeys.IMAGE``, or tensors): ``torch.optim.swa_utils.update_bn``."""
+        import itertools
+
+        from torch.optim.swa_utils import update_bn
+
         device = next(self.network.parameters()).device
-        momenta = [m.momentum for m in norms]
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative mean over the batches
-        was_training = self.network.training
-        self.network.train()
-        try:
-            with torch.no_grad():
-                for i, batch in enumerate(loader):
-                    if i >= self.bn_batches:
-                        break
-                    image = batch[PatchKeys.IMAGE] if isinstance(batch, dict) else batch
-                    self.network(torch.as_tensor(image).to(device))
-        finally:
-            for m, momentum in zip(norms, momenta, strict=True):
-                m.momentum = momentum
-            self.network.train(was_training)
+        images = (b[PatchKeys.IMAGE] if isinstance(b, dict) else b for b in itertools.islice(loader, self.bn_batches))
+        update_bn((torch.as_tensor(x) for x in images), self.network, device=device)
 
 
 def _digest(value: Any) -> str:
