@@ -21,33 +21,19 @@ def _engine(net: torch.nn.Module) -> Engine:
     return Engine(step)
 
 
-def test_the_weights_end_as_the_mean_of_the_epochs_from_start():
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [(3, (3 + 4 + 5 + 6) / 4), (6, 6.0), (0, 6.0), (9, 6.0)],  # 0: off; 9: no epoch reaches it, last weights kept
+)
+def test_the_weights_end_as_the_mean_of_the_epochs_from_start(start, expected):
     net = torch.nn.Linear(3, 2)
     engine = _engine(net)
-    WeightAveraging(net, start_epoch=3, bn_batches=0).attach(engine)
-    engine.run([0], max_epochs=6)
-    for p in net.parameters():
-        torch.testing.assert_close(p, torch.full_like(p, (3 + 4 + 5 + 6) / 4))
-
-
-def test_start_epoch_zero_leaves_the_last_weights():
-    net = torch.nn.Linear(3, 2)
-    engine = _engine(net)
-    handler = WeightAveraging(net, start_epoch=0)
+    handler = WeightAveraging(net, start_epoch=start, bn_batches=0)
     handler.attach(engine)
-    engine.run([0], max_epochs=4)
-    assert handler.count == 0
+    engine.run([0], max_epochs=6)
+    assert handler.count == (0 if start in (0, 9) else 7 - start)
     for p in net.parameters():
-        torch.testing.assert_close(p, torch.full_like(p, 4.0))
-
-
-def test_a_start_after_the_last_epoch_keeps_the_last_weights():
-    net = torch.nn.Linear(3, 2)
-    engine = _engine(net)
-    WeightAveraging(net, start_epoch=9, bn_batches=0).attach(engine)
-    engine.run([0], max_epochs=4)
-    for p in net.parameters():
-        torch.testing.assert_close(p, torch.full_like(p, 4.0))
+        torch.testing.assert_close(p, torch.full_like(p, expected))
 
 
 def test_a_resumed_run_ends_with_the_same_mean(tmp_path):
