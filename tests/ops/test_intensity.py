@@ -69,3 +69,10 @@ def test_fit_stride_smallest_step_under_the_limit(h, w, limit, step):
     assert fit_stride(h, w, limit) == step
     assert -(-h // step) * -(-w // step) <= limit
     assert step == 1 or -(-h // (step - 1)) * -(-w // (step - 1)) > limit
+
+
+@pytest.mark.parametrize(("h", "w", "step"), [(1024, 1024, 1), (2084, 2084, 3), (2048, 2048, 2), (1376, 1539, 2)])
+def test_default_fit_bound_keeps_training_fields_whole(h, w, step):
+    """The default bound (1024x1024 px since 0.18.0): a 1024x1024 training field is fitted on all of it,
+    the 2084x2084 benchmark field on every 3rd row and column, a slide's 2048x2048 stain mosaic on every 2nd."""
+    assert fit_stride(h, w) == step
