@@ -53,7 +53,7 @@ BLOCK_PX: Final[int] = 2048
 
 MAX_FIT_PIXELS: Final[int] = 1024 * 1024
 """Stain statistics of a larger field come from a regular subsample of at most this many pixels (bounds
-memory and time). 2048 x 2048 until 0.18.0: a 2084x2084 field is now fitted on every 3rd row and column
+memory and time). 2048 x 2048 before 0.18.0: a 2084x2084 field is now fitted on every 3rd row and column
 instead of every 2nd, and a slide's 2048x2048 stain mosaic on every 2nd instead of all of it (the fit is
 4x cheaper there); a 1024x1024 field, what the shipped weights trained on, is fitted on all of it as before."""
 

@@ -1,5 +1,5 @@
 """Ignite handlers and metrics for MSSN training: candidate recall, epoch-seeded sampling, hard negatives,
-the reference bank, and fitting the detector's operating point.
+the reference bank, weight averaging, and fitting the detector's operating point.
 
 Every handler that runs the detector calls :class:`~mssn_monai.networks.detector.FieldDetector` (the
 numpy face of ``MSSNDetector``), the code ``detect`` ships; a handler that changes the model says so
