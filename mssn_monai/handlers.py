@@ -725,7 +725,9 @@ class WeightAveraging:
     The weights after epoch ``e`` are added when epoch ``e + 1`` starts (and the last epoch's at
     ``COMPLETED``), so a checkpoint saved at the end of epoch ``e`` holds the mean up to ``e - 1`` and
     the weights of ``e``: a resumed run adds ``e`` when it starts ``e + 1`` and ends with the same mean.
-    Put the handler in the checkpoint's ``save_dict`` (``state_dict`` / ``load_state_dict``).
+    Put the handler in the checkpoint's ``save_dict`` (``state_dict`` / ``load_state_dict``). The mean
+    is kept per parameter, not as a ``torch.optim.swa_utils.AveragedModel``, which would deep-copy the
+    whole stage 2 with its reference bank, a buffer whose size changes when the bank is rebuilt.
 
     Args:
         network: the trained module; its parameters are replaced by their mean at ``COMPLETED``.
